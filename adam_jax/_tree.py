@@ -1,0 +1,48 @@
+"""Small pytree helpers shared by the transforms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_none(x: Any) -> bool:
+    return x is None
+
+
+def real_dtype(dtype: Any) -> np.dtype:
+    """The real counterpart of a dtype: float32 for complex64, itself for reals."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return np.dtype(jnp.finfo(dtype).dtype)
+    return dtype
+
+
+def compute_dtype(*dtypes: Any) -> np.dtype:
+    """float32 or wider: the precision in which a step is computed."""
+    return np.dtype(jnp.result_type(*dtypes, jnp.float32))
+
+
+def first_difference(a: Any, b: Any) -> str:
+    """A readable description of where two pytree structures first differ."""
+    paths_a = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(a)[0]]
+    paths_b = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(b)[0]]
+    for pa, pb in zip(paths_a, paths_b):
+        if pa != pb:
+            return f'first differing leaf path: {pa or "<root>"} vs {pb or "<root>"}'
+    if len(paths_a) != len(paths_b):
+        shorter, longer = (paths_a, paths_b) if len(paths_a) < len(paths_b) else (paths_b, paths_a)
+        return f'{len(paths_a)} vs {len(paths_b)} leaves; first unmatched leaf path: {longer[len(shorter)] or "<root>"}'
+    return f'same leaf paths but different node types: {jax.tree.structure(a)} vs {jax.tree.structure(b)}'
+
+
+def check_same_structure(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Raises ``ValueError`` naming the first differing path if the trees differ."""
+    if jax.tree.structure(a, is_leaf=is_none) != jax.tree.structure(b, is_leaf=is_none):
+        raise ValueError(
+            f'{name_a} and {name_b} have different tree structures ({first_difference(a, b)}). '
+            'Was the optimizer state built with init() on parameters of this shape?'
+        )
