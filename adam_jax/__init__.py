@@ -1,22 +1,53 @@
 """adam_jax: Adam-family optimizers composed from small pure optax transforms."""
 
-from adam_jax.aliases import adam, adamax, adamw, loshchilov_hutter_adamw
-from adam_jax.correction import bias_correct
+from adam_jax.aliases import (
+    adabelief,
+    adam,
+    adamax,
+    adamaxw,
+    adamw,
+    amsgrad,
+    lamb,
+    lion,
+    loshchilov_hutter_adamw,
+    nadam,
+    nadamw,
+    radam,
+)
+from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
-from adam_jax.normalize import scale_by_rms
+from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
+from adam_jax.sign import SignMomentumState, scale_by_sign_momentum
+from adam_jax.trust_ratio import trust_ratio
 
 __version__ = '0.1.0'
 
 __all__ = [
+    'MaxSecondMomentState',
     'Moments',
     'MomentsState',
+    'NesterovState',
+    'SignMomentumState',
+    'adabelief',
     'adam',
     'adamax',
+    'adamaxw',
     'adamw',
+    'amsgrad',
     'bias_correct',
     'decoupled_decay',
+    'lamb',
+    'lion',
     'loshchilov_hutter_adamw',
+    'max_second_moment',
+    'nadam',
+    'nadamw',
+    'nesterov_momentum',
+    'radam',
     'scale_by_moments',
+    'scale_by_rectified_rms',
     'scale_by_rms',
+    'scale_by_sign_momentum',
+    'trust_ratio',
 ]

@@ -9,21 +9,32 @@ import chex
 import optax
 
 from adam_jax import _checks
-from adam_jax.correction import bias_correct
+from adam_jax.correction import bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.moments import scale_by_moments
-from adam_jax.normalize import scale_by_rms
+from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
+from adam_jax.sign import scale_by_sign_momentum
+from adam_jax.trust_ratio import trust_ratio
 
 ScalarOrSchedule = optax.ScalarOrSchedule
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
-def _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype) -> optax.GradientTransformationExtraArgs:
-    return optax.chain(
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        bias_correct(),
-        scale_by_rms(eps, eps_root),
-    )
+def _corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov=False, **moment_kwargs) -> list:
+    """The moment stage up to the corrected moments: moments [-> nesterov_momentum] -> bias_correct."""
+    look_ahead = [nesterov_momentum()] if nesterov else []
+    moments = scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moment_kwargs)
+    return [moments, *look_ahead, bias_correct()]
+
+
+def _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=False) -> optax.GradientTransformationExtraArgs:
+    return optax.chain(*_corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov), scale_by_rms(eps, eps_root))
+
+
+def _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype) -> optax.GradientTransformationExtraArgs:
+    # eps sits inside the max; u_t needs no correction and no root.
+    stage = _corrected_moments(b1, b2, mu_dtype, nu_dtype, second_moment='max', max_eps=eps)
+    return optax.chain(*stage, scale_by_rms(eps=0.0))
 
 
 def adam(
@@ -34,6 +45,7 @@ def adam(
     eps_root: chex.Numeric = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = False,
     nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam (Kingma & Ba 2014, "Adam: A Method for Stochastic Optimization", Algorithm 1).
@@ -48,12 +60,13 @@ def adam(
        \theta_t = \theta_{t-1} - \alpha_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
 
     Chain: ``scale_by_moments(b1, b2) -> bias_correct() -> scale_by_rms(eps,
-    eps_root) -> optax.scale_by_learning_rate(learning_rate)``. Equal to
-    ``optax.adam`` with the same arguments.
+    eps_root) -> optax.scale_by_learning_rate(learning_rate)``. With
+    ``nesterov=True``, ``nesterov_momentum()`` comes before ``bias_correct()``
+    (that is :func:`nadam`). Equal to ``optax.adam`` with the same arguments.
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
+        _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -68,6 +81,7 @@ def adamw(
     weight_decay: chex.Numeric = 1e-4,
     mask: MaskOrFn = None,
     *,
+    nesterov: bool = False,
     nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
@@ -81,11 +95,11 @@ def adamw(
     optax.scale_by_learning_rate(learning_rate)``. Equal to ``optax.adamw`` and
     to ``torch.optim.AdamW``: the decay is scaled by the whole learning rate.
     For the paper's form, where only the schedule multiplier scales the decay,
-    see :func:`loshchilov_hutter_adamw`.
+    see :func:`loshchilov_hutter_adamw`. ``nesterov=True`` is :func:`nadamw`.
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
+        _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov),
         decoupled_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -135,11 +149,219 @@ def loshchilov_hutter_adamw(
     )
 
 
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""NAdam: Adam with Nesterov momentum (Dozat 2016), with a constant :math:`\beta_1`.
+
+    .. math::
+
+       \hat m_t = \frac{\beta_1 m_t}{1-\beta_1^{t+1}} + \frac{(1-\beta_1) g_t}{1-\beta_1^t}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+
+    Chain: ``scale_by_moments -> nesterov_momentum() -> bias_correct() (v only) ->
+    scale_by_rms -> lr``, i.e. ``adam(..., nesterov=True)``. Equal to
+    ``optax.nadam``. PyTorch's NAdam (Dozat's momentum schedule) is
+    :func:`adam_jax.presets.pytorch.nadam`.
+    """
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, nu_dtype=nu_dtype)
+
+
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: MaskOrFn = None,
+    *,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""NAdamW: :func:`nadam`'s direction with decoupled weight decay.
+
+    Chain: ``scale_by_moments -> nesterov_momentum() -> bias_correct() ->
+    scale_by_rms -> decoupled_decay -> lr``, i.e. ``adamw(..., nesterov=True)``.
+    Equal to ``optax.nadamw``.
+    """
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True, nu_dtype=nu_dtype)
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AMSGrad (Reddi, Kale & Kumar 2018, "On the Convergence of Adam and Beyond").
+
+    .. math::
+
+       \hat v_t = \max(\hat v_{t-1}, v_t / (1-\beta_2^t)), \quad
+       \theta_t = \theta_{t-1} - \alpha_t \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    Chain: ``scale_by_moments -> bias_correct(mu=bias_correction_mu,
+    nu=bias_correction_nu) -> max_second_moment() -> scale_by_rms -> lr``: the
+    maximum of the corrected second moment, as ``optax.amsgrad`` (equal to it).
+
+    The paper's Algorithm 2 (with a constant :math:`\beta_1`) corrects neither
+    moment: ``bias_correction_mu=False, bias_correction_nu=False`` (and
+    ``eps=0`` for the paper's exact update). PyTorch's ``Adam(amsgrad=True)``
+    takes the maximum of the raw :math:`v_t` and corrects it afterwards
+    (:func:`adam_jax.presets.pytorch.adam`).
+    """
+    _checks.check_learning_rate(learning_rate)
+    return optax.chain(
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        bias_correct(mu=bias_correction_mu, nu=bias_correction_nu),
+        max_second_moment(nu_dtype=nu_dtype),
+        scale_by_rms(eps, eps_root),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def radam(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    threshold: chex.Numeric = 5.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RAdam: Adam with the variance of the adaptive step rectified (Liu et al. 2020).
+
+    .. math::
+
+       \theta_t = \theta_{t-1} - \alpha_t \begin{cases} r_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}}
+       + \epsilon) & \rho_t \ge \text{threshold} \\ \hat m_t & \text{otherwise} \end{cases}
+
+    with :math:`\rho_t, r_t` as in :func:`adam_jax.scale_by_rectified_rms`.
+    Chain: ``scale_by_moments -> [nesterov_momentum] -> bias_correct ->
+    scale_by_rectified_rms(eps, eps_root, threshold) -> lr``. Equal to
+    ``optax.radam``; PyTorch's (``rho_t > 5``, eps on the raw root) is
+    :func:`adam_jax.presets.pytorch.radam`.
+    """
+    _checks.check_learning_rate(learning_rate)
+    return optax.chain(
+        *_corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov),
+        scale_by_rectified_rms(eps, eps_root, threshold),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adabelief(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-16,
+    eps_root: chex.Numeric = 1e-16,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaBelief (Zhuang et al. 2020, "AdaBelief Optimizer: Adapting Stepsizes by the
+    Belief in Observed Gradients", Algorithm 2).
+
+    .. math::
+
+       s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \frac{\hat m_t}{\sqrt{s_t / (1-\beta_2^t)} + \epsilon}
+
+    Chain: ``scale_by_moments(second_moment='belief', belief_eps=eps_root) ->
+    [nesterov_momentum] -> bias_correct -> scale_by_rms(eps) -> lr``. Equal to
+    ``optax.adabelief``.
+    """
+    _checks.check_learning_rate(learning_rate)
+    stage = _corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov, second_moment='belief', belief_eps=eps_root)
+    return optax.chain(*stage, scale_by_rms(eps), optax.scale_by_learning_rate(learning_rate))
+
+
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-6,
+    eps_root: chex.Numeric = 0.0,
+    weight_decay: chex.Numeric = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""LAMB: AdamW's direction scaled per layer by a trust ratio (You et al. 2020, Algorithm 2).
+
+    .. math::
+
+       r_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \frac{\lVert\theta_{t-1}\rVert}{\lVert r_t + \lambda\theta_{t-1}\rVert}
+       (r_t + \lambda\theta_{t-1})
+
+    Chain: Adam's direction ``-> decoupled_decay(weight_decay, mask) ->
+    trust_ratio() -> lr``. Equal to ``optax.lamb``.
+    """
+    _checks.check_learning_rate(learning_rate)
+    return optax.chain(
+        _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
+        decoupled_decay(weight_decay, mask),
+        trust_ratio(),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: chex.Numeric = 1e-3,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2).
+
+    .. math::
+
+       \theta_t = \theta_{t-1} - \alpha_t \left(\operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t)
+       + \lambda\theta_{t-1}\right), \quad m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    Chain: ``scale_by_sign_momentum(b1, b2) -> decoupled_decay(weight_decay,
+    mask) -> lr``. Lion keeps one moment, so it has no ``nu_dtype``. Equal to
+    ``optax.lion``.
+    """
+    _checks.check_learning_rate(learning_rate)
+    return optax.chain(
+        scale_by_sign_momentum(b1, b2, mu_dtype=mu_dtype),
+        decoupled_decay(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def adamax(
     learning_rate: ScalarOrSchedule,
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 0.999,
     eps: chex.Numeric = 1e-8,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdaMax (Kingma & Ba 2014, Section 7.1, Algorithm 2).
 
@@ -158,8 +380,34 @@ def adamax(
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_moments(b1, b2, second_moment='max', max_eps=eps),
-        bias_correct(),
-        scale_by_rms(eps=0.0),
+        _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: MaskOrFn = None,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaMaxW: :func:`adamax`'s direction with decoupled weight decay.
+
+    .. math::
+
+       \theta_t = \theta_{t-1} - \alpha_t \left(\frac{m_t}{(1-\beta_1^t) u_t} + \lambda\theta_{t-1}\right)
+
+    Chain: AdaMax's direction ``-> decoupled_decay(weight_decay, mask) -> lr``.
+    Equal to ``optax.adamaxw``.
+    """
+    _checks.check_learning_rate(learning_rate)
+    return optax.chain(
+        _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
+        decoupled_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

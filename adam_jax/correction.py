@@ -1,10 +1,16 @@
 r"""Moment-stage transforms that correct the moments before they are normalised.
 
 Kingma & Ba (2014), Section 3: moving averages started at zero are biased
-towards zero; dividing by :math:`1 - \beta^t` removes that bias.
+towards zero; dividing by :math:`1 - \beta^t` removes that bias
+(:func:`bias_correct`). AMSGrad keeps the running maximum of the second moment
+(:func:`max_second_moment`); NAdam looks one step ahead with the first moment
+(:func:`nesterov_momentum`). Each takes and returns a :class:`Moments` value, so
+their order in the chain is the order of the equations.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -12,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adam_jax import _checks
 from adam_jax._tree import real_dtype
-from adam_jax.moments import require_moments
+from adam_jax.moments import require_moments, saturating_increment
 
 
 def correction_dtype(dtype) -> np.dtype:
@@ -32,7 +39,7 @@ def debias(moment: chex.Array, decay: chex.Numeric, count: chex.Array) -> chex.A
     return moment / factor.astype(real_dtype(moment.dtype))
 
 
-def bias_correct() -> optax.GradientTransformationExtraArgs:
+def bias_correct(*, mu: bool = True, nu: bool = True) -> optax.GradientTransformationExtraArgs:
     r"""Bias correction of both moments (Kingma & Ba 2014, Algorithm 1).
 
     .. math::
@@ -43,6 +50,11 @@ def bias_correct() -> optax.GradientTransformationExtraArgs:
     :func:`scale_by_moments`, so they cannot disagree with it. A moment that is
     already unbiased (AdaMax's :math:`u_t`, or a moment corrected earlier in the
     chain) is left as it is.
+
+    Args:
+      mu: correct the first moment (``False``: leave :math:`m_t` as it is, as
+        AMSGrad's paper does).
+      nu: correct the second moment.
     """
 
     def init(params: optax.Params) -> optax.EmptyState:
@@ -52,11 +64,137 @@ def bias_correct() -> optax.GradientTransformationExtraArgs:
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         moments = require_moments(updates, 'bias_correct')
-        mu, nu = moments.mu, moments.nu
-        if not moments.mu_debiased:
-            mu = jax.tree.map(lambda m: debias(m, moments.b1, moments.count), mu)
-        if not moments.nu_debiased:
-            nu = jax.tree.map(lambda v: debias(v, moments.b2, moments.count), nu)
-        return moments.replace(mu=mu, nu=nu, mu_debiased=True, nu_debiased=True), state
+        changes = {}
+        if mu and not moments.mu_debiased:
+            m_hat = jax.tree.map(lambda m: debias(m, moments.b1, moments.count), moments.mu)
+            changes.update(mu=m_hat, mu_debiased=True)
+        if nu and not moments.nu_debiased:
+            v_hat = jax.tree.map(lambda v: debias(v, moments.b2, moments.count), moments.nu)
+            changes.update(nu=v_hat, nu_debiased=True)
+        return moments.replace(**changes), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class MaxSecondMomentState(NamedTuple):
+    """State of :func:`max_second_moment`."""
+
+    nu_max: optax.Updates
+
+
+def max_second_moment(*, nu_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+    r"""AMSGrad's running maximum of the second moment (Reddi, Kale & Kumar 2018, Algorithm 2).
+
+    .. math::
+
+       \hat v_t = \max(\hat v_{t-1}, v_t)
+
+    The maximum is taken of the second moment as it arrives, so the chain order
+    chooses the variant: before :func:`bias_correct` it is the maximum of the raw
+    :math:`v_t`, corrected afterwards by :math:`1 - \beta_2^t` (PyTorch's
+    ``amsgrad=True``); after it, the maximum of the corrected
+    :math:`v_t / (1 - \beta_2^t)` (``optax.amsgrad``); with no correction at all,
+    the paper's Algorithm 2. Whether ``nu`` was corrected passes through
+    unchanged, so a later :func:`bias_correct` corrects the maximum only if the
+    maximum was taken of raw moments.
+
+    Args:
+      nu_dtype: storage dtype of :math:`\hat v` (default: the real dtype of the
+        parameters).
+    """
+    nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
+
+    def init(params: optax.Params) -> MaxSecondMomentState:
+        return MaxSecondMomentState(
+            nu_max=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or real_dtype(p.dtype)), params)
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        moments = require_moments(updates, 'max_second_moment')
+        nu_max = jax.tree.map(lambda v, old: jnp.maximum(v, old.astype(v.dtype)), moments.nu, state.nu_max)
+        new_state = MaxSecondMomentState(
+            nu_max=jax.tree.map(lambda new, old: new.astype(old.dtype), nu_max, state.nu_max)
+        )
+        return moments.replace(nu=nu_max), new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class NesterovState(NamedTuple):
+    """State of :func:`nesterov_momentum` with a momentum schedule."""
+
+    mu_product: chex.Array  # \prod_{i \le t} \mu_i, a scalar in float32 or wider
+
+
+def _momentum(b1: chex.Numeric, momentum_decay: chex.Numeric, t: chex.Array) -> chex.Array:
+    """Dozat's schedule as PyTorch writes it: mu_t = b1 (1 - 0.5 * 0.96^(t psi))."""
+    return b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.GradientTransformationExtraArgs:
+    r"""NAdam's look-ahead first moment (Dozat 2016, "Incorporating Nesterov Momentum into Adam").
+
+    .. math::
+
+       \hat m_t = \frac{\mu_{t+1} m_t}{1 - \prod_{i=1}^{t+1} \mu_i}
+                 + \frac{(1 - \mu_t) g_t}{1 - \prod_{i=1}^{t} \mu_i}
+
+    With ``momentum_decay=None`` the momentum is constant, :math:`\mu_t =
+    \beta_1`, and the products are :math:`\beta_1^{t+1}`, :math:`\beta_1^t`
+    (``optax.nadam``, i.e. ``optax.adam(nesterov=True)``). With a number
+    :math:`\psi` it follows Dozat's schedule as ``torch.optim.NAdam`` does,
+    :math:`\mu_t = \beta_1 (1 - \tfrac12 \, 0.96^{t\psi})`, and keeps the
+    running product :math:`\prod_{i \le t} \mu_i` in its state. :math:`m_t`
+    itself stays the EMA with the constant :math:`\beta_1`.
+
+    The result is already unbiased: put this transform after
+    :func:`scale_by_moments` and before :func:`bias_correct`, which then
+    corrects only the second moment.
+
+    Args:
+      momentum_decay: :math:`\psi \ge 0` (PyTorch's default is 4e-3), or
+        ``None`` for a constant :math:`\beta_1`.
+    """
+    scheduled = momentum_decay is not None
+    if scheduled:
+        _checks.check_nonnegative('momentum_decay', momentum_decay)
+
+    def init(params: optax.Params) -> NesterovState | optax.EmptyState:
+        if not scheduled:
+            return optax.EmptyState()
+        wide = max((correction_dtype(p.dtype) for p in jax.tree.leaves(params)), default=np.dtype(np.float32))
+        return NesterovState(mu_product=jnp.ones([], wide))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        moments = require_moments(updates, 'nesterov_momentum')
+        if moments.mu_debiased:
+            raise TypeError(
+                'nesterov_momentum needs the raw first moment, but it was already bias-corrected. '
+                'Put nesterov_momentum() before bias_correct() in the chain.'
+            )
+        b1, t = moments.b1, moments.count
+        t_next = saturating_increment(t)
+        if scheduled:
+            wide = state.mu_product.dtype
+            mu_t = _momentum(jnp.asarray(b1, wide), momentum_decay, t.astype(wide))
+            mu_next = _momentum(jnp.asarray(b1, wide), momentum_decay, t_next.astype(wide))
+            product = state.mu_product * mu_t
+            state = NesterovState(mu_product=product)
+            coefficients = lambda wide: (mu_next / (1 - product * mu_next), (1 - mu_t) / (1 - product))
+        else:  # mu_t = b1: the products are powers, formed in each leaf's correction dtype like debias
+            coefficients = lambda wide: (
+                b1 / (1 - jnp.asarray(b1, wide) ** t_next),
+                (1 - b1) / (1 - jnp.asarray(b1, wide) ** t),
+            )
+
+        def look_ahead(m, g):
+            c_m, c_g = coefficients(correction_dtype(m.dtype))
+            dt = real_dtype(m.dtype)
+            return c_m.astype(dt) * m + c_g.astype(dt) * g.astype(m.dtype)
+
+        m_hat = jax.tree.map(look_ahead, moments.mu, moments.grad)
+        return moments.replace(mu=m_hat, mu_debiased=True), state
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -26,7 +26,7 @@ import optax
 from adam_jax import _checks
 from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
 
-SECOND_MOMENTS = ('square', 'max')
+SECOND_MOMENTS = ('square', 'max', 'belief')
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
@@ -40,8 +40,9 @@ class Moments:
       nu: the second moment :math:`v_t`, or AdaMax's :math:`u_t`.
       count: the step number :math:`t` (int32, 1 on the first step).
       b1, b2: the decay rates that produced ``mu`` and ``nu``.
-      second_moment: ``'square'`` (an EMA of :math:`|g|^2`) or ``'max'``
-        (AdaMax's running max of :math:`|g|`, already in gradient units).
+      second_moment: ``'square'`` (an EMA of :math:`|g|^2`), ``'max'``
+        (AdaMax's running max of :math:`|g|`, already in gradient units) or
+        ``'belief'`` (AdaBelief's EMA of :math:`|g - m|^2`).
       mu_debiased, nu_debiased: whether a moment is free of the zero-start bias
         (after :func:`bias_correct`, or by construction for AdaMax's ``u``).
     """
@@ -117,6 +118,7 @@ def scale_by_moments(
     nu_dtype: Any = None,
     second_moment: str = 'square',
     max_eps: chex.Numeric = 0.0,
+    belief_eps: chex.Numeric = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""First and second moment estimates (Kingma & Ba 2014, Algorithm 1).
 
@@ -128,6 +130,9 @@ def scale_by_moments(
 
        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon_{max}) \quad (\text{second\_moment='max'},
        \text{AdaMax, Algorithm 2})
+
+       s_t = \beta_2 s_{t-1} + (1 - \beta_2) |g_t - m_t|^2 + \epsilon_{belief} \quad
+       (\text{second\_moment='belief'}, \text{AdaBelief, Zhuang et al. 2020, Algorithm 2})
 
     The step count :math:`t` is an int32 that saturates at :math:`2^{31}-1`.
     Moments are computed in float32 or wider and stored in ``mu_dtype`` /
@@ -143,6 +148,9 @@ def scale_by_moments(
         AdaMax's exponentially weighted infinity norm :math:`u_t`.
       max_eps: with ``second_moment='max'``, added to :math:`|g_t|` inside the
         max (where optax and PyTorch put AdaMax's epsilon). Must be 0 otherwise.
+      belief_eps: with ``second_moment='belief'``, added to :math:`s_t` every
+        step and kept in the state (optax's ``eps_root`` of ``adabelief``).
+        Must be 0 otherwise.
 
     Returns:
       A transform whose update returns a :class:`Moments` value; follow it with
@@ -154,6 +162,9 @@ def scale_by_moments(
     _checks.check_nonnegative('max_eps', max_eps)
     if second_moment != 'max' and isinstance(max_eps, (int, float)) and max_eps != 0:
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")
+    _checks.check_nonnegative('belief_eps', belief_eps)
+    if second_moment != 'belief' and isinstance(belief_eps, (int, float)) and belief_eps != 0:
+        raise ValueError(f"belief_eps is only used with second_moment='belief', got belief_eps={belief_eps!r}.")
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
     nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
 
@@ -171,10 +182,12 @@ def scale_by_moments(
         cdt = compute_dtype(g.dtype, mu.dtype)
         return _ema(b1, mu.astype(cdt), g.astype(cdt))
 
-    def update_nu(g, nu):
+    def update_nu(g, nu, m):
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
             return jnp.maximum(jnp.abs(g).astype(cdt) + max_eps, b2 * nu.astype(cdt))
+        if second_moment == 'belief':  # the prediction error g_t - m_t instead of g_t
+            return _ema(b2, nu.astype(cdt), _abs_sq(g.astype(m.dtype) - m).astype(cdt)) + belief_eps
         return _ema(b2, nu.astype(cdt), _abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
 
     def update(updates, state, params=None, **extra_args):
@@ -188,7 +201,7 @@ def scale_by_moments(
         check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu)
         count = saturating_increment(state.count)
         mu = jax.tree.map(update_mu, updates, state.mu)
-        nu = jax.tree.map(update_nu, updates, state.nu)
+        nu = jax.tree.map(update_nu, updates, state.nu, mu)
         new_state = MomentsState(
             count=count,
             mu=jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu),

@@ -8,10 +8,29 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax.moments import require_moments
+from adam_jax._tree import real_dtype
+from adam_jax.correction import correction_dtype
+from adam_jax.moments import Moments, require_moments
 
 
-def scale_by_rms(eps: chex.Numeric = 1e-8, eps_root: chex.Numeric = 0.0) -> optax.GradientTransformationExtraArgs:
+def _rms_direction(moments: Moments, eps: chex.Numeric, eps_root: chex.Numeric, eps_on_raw_nu: bool):
+    """m / (root(v + eps_root) + eps) per leaf, as a function of the leaf's (m, v, g)."""
+    root = (lambda x: x) if moments.second_moment == 'max' else jnp.sqrt
+
+    def direction(m, v, g):
+        eps_t = eps
+        if eps_on_raw_nu and moments.nu_debiased and moments.second_moment != 'max':
+            # sqrt(v_hat) + eps / sqrt(1 - b2^t) = (sqrt(v_t) + eps) / sqrt(1 - b2^t)
+            wide = correction_dtype(v.dtype)
+            eps_t = (eps / jnp.sqrt(1 - jnp.asarray(moments.b2, wide) ** moments.count)).astype(v.dtype)
+        return m / (root(v + eps_root) + eps_t)
+
+    return direction
+
+
+def scale_by_rms(
+    eps: chex.Numeric = 1e-8, eps_root: chex.Numeric = 0.0, *, eps_on_raw_nu: bool = False
+) -> optax.GradientTransformationExtraArgs:
     r"""Divide the first moment by the root of the second (Kingma & Ba 2014, Algorithm 1).
 
     .. math::
@@ -22,10 +41,18 @@ def scale_by_rms(eps: chex.Numeric = 1e-8, eps_root: chex.Numeric = 0.0) -> opta
     gradient units, the root is skipped: :math:`d_t = \hat m_t / (u_t +
     \epsilon_{root} + \epsilon)`. The direction has the gradient's dtype.
 
+    With ``eps_on_raw_nu=True``, :math:`\epsilon` is added to the root of the
+    uncorrected :math:`v_t` (as ``torch.optim.RAdam`` does):
+    :math:`d_t = \hat m_t \sqrt{1-\beta_2^t} / (\sqrt{v_t} + \epsilon)`, i.e.
+    :math:`\epsilon / \sqrt{1-\beta_2^t}` next to :math:`\sqrt{\hat v_t}`.
+    (PyTorch's Adam writes :math:`\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon`,
+    which is the default placement.)
+
     Args:
       eps: added to the denominator, outside the root (>= 0).
       eps_root: added inside the root (>= 0); keeps the derivative of the
         update finite when differentiating through it (meta-learning).
+      eps_on_raw_nu: add ``eps`` to the root of the uncorrected second moment.
     """
     _checks.check_nonnegative('eps', eps)
     _checks.check_nonnegative('eps_root', eps_root)
@@ -37,10 +64,71 @@ def scale_by_rms(eps: chex.Numeric = 1e-8, eps_root: chex.Numeric = 0.0) -> opta
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         moments = require_moments(updates, 'scale_by_rms')
-        root = (lambda x: x) if moments.second_moment == 'max' else jnp.sqrt
+        direction = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
+        return jax.tree.map(
+            lambda m, v, g: direction(m, v, g).astype(g.dtype), moments.mu, moments.nu, moments.grad
+        ), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def scale_by_rectified_rms(
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    threshold: chex.Numeric = 5.0,
+    *,
+    strict: bool = False,
+    eps_on_raw_nu: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RAdam's rectified direction (Liu et al. 2020, "On the Variance of the Adaptive
+    Learning Rate and Beyond", Algorithm 2).
+
+    .. math::
+
+       \rho_\infty = \frac{2}{1-\beta_2} - 1, \qquad
+       \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t}
+
+       r_t = \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}{(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}}
+
+       d_t = \begin{cases} r_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)
+             & \rho_t \ge \text{threshold} \\ \hat m_t & \text{otherwise} \end{cases}
+
+    While the variance of the adaptive step is intractable (few steps), the
+    step is SGD with momentum. optax switches at :math:`\rho_t \ge 5`
+    (``strict=False``); PyTorch at :math:`\rho_t > 5` (``strict=True``) and adds
+    :math:`\epsilon` to the uncorrected root (``eps_on_raw_nu=True``, see
+    :func:`scale_by_rms`).
+
+    Args:
+      eps, eps_root, eps_on_raw_nu: as in :func:`scale_by_rms`.
+      threshold: :math:`\rho_t` from which the rectified adaptive step is used.
+      strict: switch only when :math:`\rho_t` exceeds ``threshold``.
+    """
+    _checks.check_nonnegative('eps', eps)
+    _checks.check_nonnegative('eps_root', eps_root)
+
+    def init(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        moments = require_moments(updates, 'scale_by_rectified_rms')
+        if moments.second_moment == 'max':
+            raise TypeError("scale_by_rectified_rms rectifies an EMA of squares; second_moment='max' has none.")
+        adaptive = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
 
         def direction(m, v, g):
-            return (m / (root(v + eps_root) + eps)).astype(g.dtype)
+            wide = correction_dtype(v.dtype)
+            b2 = jnp.asarray(moments.b2, wide)
+            rho_inf = 2 / (1 - b2) - 1
+            b2_t = b2**moments.count
+            rho_t = rho_inf - 2 * moments.count * b2_t / (1 - b2_t)
+            tractable = rho_t > threshold if strict else rho_t >= threshold
+            rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
+            r_t = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            d = jnp.where(tractable, r_t.astype(real_dtype(m.dtype)) * adaptive(m, v, g), m)
+            return d.astype(g.dtype)
 
         return jax.tree.map(direction, moments.mu, moments.nu, moments.grad), state
 

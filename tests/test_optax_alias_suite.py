@@ -15,7 +15,7 @@ import pytest
 
 import adam_jax
 
-OURS = ('adam', 'adamw', 'adamax')
+OURS = ('adabelief', 'adam', 'adamax', 'adamaxw', 'adamw', 'amsgrad', 'lamb', 'lion', 'nadam', 'nadamw', 'radam')
 
 
 def _load_alias_test():
