@@ -40,7 +40,9 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
 
 
 def test_unknown_second_moment_is_rejected():
-    with pytest.raises(ValueError, match=re.escape("second_moment must be one of ('square', 'max', 'belief'), got 'cube'")):
+    with pytest.raises(
+        ValueError, match=re.escape("second_moment must be one of ('square', 'max', 'belief'), got 'cube'")
+    ):
         scale_by_moments(second_moment='cube')
 
 

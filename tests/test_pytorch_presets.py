@@ -1,0 +1,146 @@
+"""adam_jax.presets.pytorch equals torch.optim (2.13, CPU) in float64, option by option."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip('torch')  # in the `test` extra; importorskip only for a bare install
+
+from adam_jax.presets import pytorch as presets  # noqa: E402
+
+STEPS = 60
+X0 = {'b': np.array([1.0, -1.0, 0.5, 2.0, 0.0]), 'w': np.linspace(-1.5, 1.5, 12).reshape(3, 4)}
+TARGET = {'b': np.array([0.5, -2.0, 3.0, 0.0, 1e-3]), 'w': np.linspace(1.0, -1.0, 12).reshape(3, 4)}
+
+
+def gradient(theta: dict, t: int) -> dict:
+    """A noisy quadratic's gradient, with a step of no gradient at all and sparse coordinates."""
+    rng = np.random.default_rng(t)
+    g = {k: 2.0 * (theta[k] - TARGET[k]) + rng.normal(scale=0.3, size=theta[k].shape) for k in sorted(theta)}
+    if t == 7:
+        return {k: np.zeros_like(v) for k, v in g.items()}
+    if t % 4:  # coordinates that only get a gradient every fourth step
+        g['b'][3] = 0.0
+        g['w'][1, :] = 0.0
+    return g
+
+
+def run_torch(name: str, kwargs: dict) -> list[dict]:
+    cls = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'nadam': torch.optim.NAdam}.get(name)
+    cls = cls or {'radam': torch.optim.RAdam, 'adamax': torch.optim.Adamax}[name]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # NAdam's mu_product and the step counts in float64 too
+    try:
+        params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in X0.items()}
+        opt = cls(list(params.values()), foreach=False, **kwargs)
+        history = []
+        for t in range(1, STEPS + 1):
+            g = gradient({k: p.detach().numpy() for k, p in params.items()}, t)
+            for k, p in params.items():
+                p.grad = torch.tensor(g[k], dtype=torch.float64)
+            opt.step()
+            history.append({k: p.detach().numpy().copy() for k, p in params.items()})
+        return history
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def run_jax(opt: optax.GradientTransformation) -> list[dict]:
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in X0.items()}
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, g):
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    history = []
+    for t in range(1, STEPS + 1):
+        g = gradient({k: np.asarray(v) for k, v in params.items()}, t)
+        params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
+        history.append({k: np.asarray(v) for k, v in params.items()})
+    return history
+
+
+def max_difference(a: list[dict], b: list[dict]) -> float:
+    return max(float(np.max(np.abs(x[k] - y[k]))) for x, y in zip(a, b) for k in x)
+
+
+CASES = [
+    ('adam', {}),
+    ('adam', dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    ('adam', dict(lr=1e-2, amsgrad=True)),
+    ('adam', dict(lr=1e-2, weight_decay=0.05, maximize=True)),
+    ('adam', dict(lr=1e-2, weight_decay=0.1, amsgrad=True, decoupled_weight_decay=True)),
+    ('adamw', {}),
+    ('adamw', dict(lr=1e-2, betas=(0.5, 0.95), weight_decay=0.3, amsgrad=True, maximize=True)),
+    ('nadam', {}),
+    ('nadam', dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1, momentum_decay=2e-2)),
+    ('nadam', dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ('radam', {}),
+    ('radam', dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)),
+    ('radam', dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ('adamax', {}),
+    ('adamax', dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-4, weight_decay=0.1, maximize=True)),
+]
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=[f'{n}-{"-".join(k) or "defaults"}' for n, k in CASES])
+def test_preset_equals_torch_optim_in_float64(x64, name, kwargs):
+    want = run_torch(name, kwargs)
+    got = run_jax(getattr(presets, name)(**kwargs))
+    assert got[-1]['w'].dtype == np.float64
+    assert max_difference(got, want) < 1e-10
+    # The run moved the params, so equality is not trivially true.
+    assert max_difference(want[-1:], [X0]) > 0.02
+
+
+@pytest.mark.parametrize(
+    'name,option',
+    [
+        ('adam', dict(amsgrad=True)),
+        ('adam', dict(maximize=True)),
+        ('adam', dict(weight_decay=0.5)),
+        ('adam', dict(weight_decay=0.5, decoupled_weight_decay=True)),
+        ('nadam', dict(momentum_decay=0.05)),
+        ('radam', dict(weight_decay=0.5, decoupled_weight_decay=True)),
+    ],
+)
+def test_each_option_changes_the_trajectory(x64, name, option):
+    """Every option checked above is one that matters on this gradient sequence."""
+    base = dict(lr=1e-2)
+    plain = run_jax(getattr(presets, name)(**base))
+    changed = run_jax(getattr(presets, name)(**base, **option))
+    assert max_difference(plain, changed) > 1e-4
+
+
+def test_torch_semantics_differ_from_optax(x64):
+    """PyTorch's AMSGrad, NAdam and RAdam are not optax's: the presets are needed."""
+    pairs = [
+        (presets.adam(1e-2, amsgrad=True), optax.amsgrad(1e-2)),
+        (presets.nadam(1e-2), optax.nadam(1e-2)),
+        (presets.radam(1e-2, eps=1e-3), optax.radam(1e-2, eps=1e-3)),
+    ]
+    for ours, theirs in pairs:
+        assert max_difference(run_jax(ours), run_jax(theirs)) > 1e-6
+
+
+@pytest.mark.parametrize(
+    'build,message',
+    [
+        (lambda: presets.adam(lr=-1.0), 'lr must be in [0.0, inf), got -1.0'),
+        (lambda: presets.adam(betas=(0.9, 1.0)), 'b2 must be in [0.0, 1.0), got 1.0'),
+        (lambda: presets.adam(betas=0.9), 'betas must be a pair (beta1, beta2), got 0.9'),
+        (lambda: presets.nadam(momentum_decay=-1.0), 'momentum_decay must be in [0.0, inf), got -1.0'),
+        (lambda: presets.radam(weight_decay=-0.1), 'weight_decay must be in [0.0, inf), got -0.1'),
+        (lambda: presets.adamax(eps=-1.0), 'max_eps must be in [0.0, inf), got -1.0'),
+    ],
+)
+def test_invalid_arguments_are_refused_like_torch(build, message):
+    with pytest.raises(ValueError) as err:
+        build()
+    assert message in str(err.value)
