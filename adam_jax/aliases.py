@@ -20,20 +20,25 @@ ScalarOrSchedule = optax.ScalarOrSchedule
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
-def _corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov=False, **moment_kwargs) -> list:
-    """The moment stage up to the corrected moments: moments [-> nesterov_momentum] -> bias_correct."""
-    look_ahead = [nesterov_momentum()] if nesterov else []
+def corrected_moments(b1, b2, mu_dtype, nu_dtype, *before_correction, **moment_kwargs) -> list:
+    """The moment stage up to the corrected moments: ``scale_by_moments -> *before_correction ->
+    bias_correct`` (``before_correction``: e.g. ``nesterov_momentum()``, ``max_second_moment()``)."""
     moments = scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype, **moment_kwargs)
-    return [moments, *look_ahead, bias_correct()]
+    return [moments, *before_correction, bias_correct()]
+
+
+def _look_ahead(nesterov: bool) -> list:
+    return [nesterov_momentum()] if nesterov else []
 
 
 def _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=False) -> optax.GradientTransformationExtraArgs:
-    return optax.chain(*_corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov), scale_by_rms(eps, eps_root))
+    stage = corrected_moments(b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov))
+    return optax.chain(*stage, scale_by_rms(eps, eps_root))
 
 
-def _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype) -> optax.GradientTransformationExtraArgs:
-    # eps sits inside the max; u_t needs no correction and no root.
-    stage = _corrected_moments(b1, b2, mu_dtype, nu_dtype, second_moment='max', max_eps=eps)
+def adamax_direction(b1, b2, eps, mu_dtype, nu_dtype) -> optax.GradientTransformationExtraArgs:
+    """AdaMax's direction; eps sits inside the max, u_t needs no correction and no root."""
+    stage = corrected_moments(b1, b2, mu_dtype, nu_dtype, second_moment='max', max_eps=eps)
     return optax.chain(*stage, scale_by_rms(eps=0.0))
 
 
@@ -261,7 +266,7 @@ def radam(
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        *_corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov)),
         scale_by_rectified_rms(eps, eps_root, threshold),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -291,7 +296,9 @@ def adabelief(
     ``optax.adabelief``.
     """
     _checks.check_learning_rate(learning_rate)
-    stage = _corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov, second_moment='belief', belief_eps=eps_root)
+    stage = corrected_moments(
+        b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov), second_moment='belief', belief_eps=eps_root
+    )
     return optax.chain(*stage, scale_by_rms(eps), optax.scale_by_learning_rate(learning_rate))
 
 
@@ -380,7 +387,7 @@ def adamax(
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
+        adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -407,7 +414,7 @@ def adamaxw(
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
-        _adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
+        adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
         decoupled_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -28,6 +28,27 @@ def _rms_direction(moments: Moments, eps: chex.Numeric, eps_root: chex.Numeric, 
     return direction
 
 
+def _ending(
+    name: str, eps: chex.Numeric, eps_root: chex.Numeric, leaf_direction
+) -> optax.GradientTransformationExtraArgs:
+    """A transform that ends the moment stage with ``leaf_direction(moments)(m, v, g)`` per leaf."""
+    _checks.check_nonnegative('eps', eps)
+    _checks.check_nonnegative('eps_root', eps_root)
+
+    def init(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        moments = require_moments(updates, name)
+        direction = leaf_direction(moments)
+        d = jax.tree.map(lambda m, v, g: direction(m, v, g).astype(g.dtype), moments.mu, moments.nu, moments.grad)
+        return d, state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def scale_by_rms(
     eps: chex.Numeric = 1e-8, eps_root: chex.Numeric = 0.0, *, eps_on_raw_nu: bool = False
 ) -> optax.GradientTransformationExtraArgs:
@@ -54,22 +75,7 @@ def scale_by_rms(
         update finite when differentiating through it (meta-learning).
       eps_on_raw_nu: add ``eps`` to the root of the uncorrected second moment.
     """
-    _checks.check_nonnegative('eps', eps)
-    _checks.check_nonnegative('eps_root', eps_root)
-
-    def init(params: optax.Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        moments = require_moments(updates, 'scale_by_rms')
-        direction = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
-        return jax.tree.map(
-            lambda m, v, g: direction(m, v, g).astype(g.dtype), moments.mu, moments.nu, moments.grad
-        ), state
-
-    return optax.GradientTransformationExtraArgs(init, update)
+    return _ending('scale_by_rms', eps, eps_root, lambda moments: _rms_direction(moments, eps, eps_root, eps_on_raw_nu))
 
 
 def scale_by_rectified_rms(
@@ -104,32 +110,22 @@ def scale_by_rectified_rms(
       threshold: :math:`\rho_t` from which the rectified adaptive step is used.
       strict: switch only when :math:`\rho_t` exceeds ``threshold``.
     """
-    _checks.check_nonnegative('eps', eps)
-    _checks.check_nonnegative('eps_root', eps_root)
 
-    def init(params: optax.Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None, **extra_args):
-        del params, extra_args
-        moments = require_moments(updates, 'scale_by_rectified_rms')
+    def leaf_direction(moments: Moments):
         if moments.second_moment == 'max':
             raise TypeError("scale_by_rectified_rms rectifies an EMA of squares; second_moment='max' has none.")
         adaptive = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
 
         def direction(m, v, g):
-            wide = correction_dtype(v.dtype)
-            b2 = jnp.asarray(moments.b2, wide)
+            b2 = jnp.asarray(moments.b2, correction_dtype(v.dtype))
             rho_inf = 2 / (1 - b2) - 1
             b2_t = b2**moments.count
             rho_t = rho_inf - 2 * moments.count * b2_t / (1 - b2_t)
             tractable = rho_t > threshold if strict else rho_t >= threshold
             rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
             r_t = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            d = jnp.where(tractable, r_t.astype(real_dtype(m.dtype)) * adaptive(m, v, g), m)
-            return d.astype(g.dtype)
+            return jnp.where(tractable, r_t.astype(real_dtype(m.dtype)) * adaptive(m, v, g), m)
 
-        return jax.tree.map(direction, moments.mu, moments.nu, moments.grad), state
+        return direction
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return _ending('scale_by_rectified_rms', eps, eps_root, leaf_direction)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax import bias_correct, decoupled_decay, scale_by_moments, scale_by_rms
+from adam_jax import bias_correct, decoupled_decay, presets, scale_by_moments, scale_by_rms
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,18 @@ from adam_jax import bias_correct, decoupled_decay, scale_by_moments, scale_by_r
         (lambda: adam_jax.adam(float('nan')), 'learning_rate', 'nan', '(-inf, inf)'),
         (lambda: adam_jax.adamw(float('inf')), 'learning_rate', 'inf', '(-inf, inf)'),
         (lambda: adam_jax.adam(1e-3, b1=float('nan')), 'b1', 'nan', '[0.0, 1.0)'),
+        (lambda: scale_by_moments(belief_eps=1e-8), 'belief_eps', '1e-08', "second_moment='belief'"),
+        (lambda: scale_by_moments(second_moment='belief', belief_eps=-1.0), 'belief_eps', '-1.0', '[0.0, inf)'),
+        (lambda: adam_jax.adabelief(1e-3, eps_root=-1.0), 'belief_eps', '-1.0', '[0.0, inf)'),
+        (lambda: adam_jax.radam(1e-3, eps=-1.0), 'eps', '-1.0', '[0.0, inf)'),
+        (lambda: adam_jax.lion(1e-3, b2=1.0), 'b2', '1.0', '[0.0, 1.0)'),
+        (lambda: adam_jax.nesterov_momentum(-0.1), 'momentum_decay', '-0.1', '[0.0, inf)'),
+        (lambda: presets.pytorch.adam(lr=-1.0), 'lr', '-1.0', '[0.0, inf)'),
+        (lambda: presets.pytorch.adam(betas=(0.9, 1.0)), 'b2', '1.0', '[0.0, 1.0)'),
+        (lambda: presets.pytorch.adam(betas=0.9), 'betas', '0.9', 'a pair (beta1, beta2)'),
+        (lambda: presets.pytorch.nadam(momentum_decay=-1.0), 'momentum_decay', '-1.0', '[0.0, inf)'),
+        (lambda: presets.pytorch.radam(weight_decay=-0.1), 'weight_decay', '-0.1', '[0.0, inf)'),
+        (lambda: presets.pytorch.adamax(eps=-1.0), 'max_eps', '-1.0', '[0.0, inf)'),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value, allowed):

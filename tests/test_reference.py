@@ -25,8 +25,9 @@ def _grad(theta, t):
     return g
 
 
-def _run_jax(opt, theta0, steps):
-    params = jnp.asarray(theta0, jnp.float64)
+def _run_jax(opt, theta0, steps, grad=_grad):
+    """float64 params (an array or a tree of them) after each of ``steps`` jitted steps on ``grad(theta, t)``."""
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), theta0)
     state = opt.init(params)
 
     @jax.jit
@@ -36,8 +37,9 @@ def _run_jax(opt, theta0, steps):
 
     history = []
     for t in range(1, steps + 1):
-        params, state = step(params, state, jnp.asarray(_grad(np.asarray(params), t)))
-        history.append(np.asarray(params))
+        g = grad(jax.tree.map(np.asarray, params), t)
+        params, state = step(params, state, jax.tree.map(jnp.asarray, g))
+        history.append(jax.tree.map(np.asarray, params))
     return history
 
 

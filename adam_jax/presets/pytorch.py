@@ -32,9 +32,9 @@ from typing import Any
 import optax
 
 from adam_jax import _checks
-from adam_jax.correction import bias_correct, max_second_moment, nesterov_momentum
+from adam_jax.aliases import adamax_direction, corrected_moments
+from adam_jax.correction import max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
-from adam_jax.moments import scale_by_moments
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
 
 Betas = tuple[float, float]
@@ -97,9 +97,7 @@ def adam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        *([max_second_moment(nu_dtype=nu_dtype)] if amsgrad else []),
-        bias_correct(),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype, *([max_second_moment(nu_dtype=nu_dtype)] if amsgrad else [])),
         scale_by_rms(eps),
     )
 
@@ -165,9 +163,7 @@ def nadam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        nesterov_momentum(momentum_decay),
-        bias_correct(),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov_momentum(momentum_decay)),
         scale_by_rms(eps),
     )
 
@@ -200,8 +196,7 @@ def radam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        bias_correct(),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype),
         scale_by_rectified_rms(eps, threshold=5.0, strict=True, eps_on_raw_nu=True),
     )
 
@@ -232,7 +227,5 @@ def adamax(
         weight_decay,
         False,
         maximize,
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype, second_moment='max', max_eps=eps),
-        bias_correct(),
-        scale_by_rms(0.0),
+        adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
     )
