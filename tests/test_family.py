@@ -153,23 +153,26 @@ def test_rectification_threshold_is_inclusive_unless_strict(x64, strict):
 def test_reddi_counterexample_adam_goes_to_plus_one_amsgrad_to_minus_one():
     """Reddi et al. (2018), Section 5: f_t(x) = 1010 x if t mod 101 == 1 else -10 x on [-1, 1].
 
-    120 periods (12120 steps) is the shortest run measured (see README) after which Adam's whole
-    last period stays above 0.97 and AMSGrad's, in each of its three forms, below -0.9 (optax's,
-    PyTorch's) or -0.8 (the paper's, whose v is uncorrected), from x_1 = 0."""
+    Adam reaches the wrong end only after ~10500 steps (its whole last period first exceeds 0.95
+    between 10100 and 11110 steps; examples/reddi_counterexample.py prints the table), so 120
+    periods is the shortest run with a margin: measured min of Adam's last period +0.974, max of
+    AMSGrad's -0.921 (optax's form), -0.907 (PyTorch's), -0.807 (the paper's, v uncorrected), from
+    x_1 = 0, the same in float32 and float64."""
     problem = OnlineLinearProblem()
     steps = 120 * problem.period
     last = slice(steps - problem.period, steps)
     adam = problem.run(adam_jax.adam(reddi_step_size, 0.9, 0.99), steps)
-    assert float(jnp.min(adam[last])) > 0.97
+    assert float(jnp.min(adam[last])) > 0.95
     amsgrads = {
-        'optax': adam_jax.amsgrad(reddi_step_size, 0.9, 0.99),
-        'pytorch': torch_presets.adam(reddi_step_size, (0.9, 0.99), amsgrad=True),
-        'paper': adam_jax.amsgrad(reddi_step_size, 0.9, 0.99, bias_correction_mu=False, bias_correction_nu=False),
+        'optax': (adam_jax.amsgrad(reddi_step_size, 0.9, 0.99), -0.85),
+        'pytorch': (torch_presets.adam(reddi_step_size, (0.9, 0.99), amsgrad=True), -0.85),
+        'paper': (
+            adam_jax.amsgrad(reddi_step_size, 0.9, 0.99, bias_correction_mu=False, bias_correction_nu=False),
+            -0.75,
+        ),
     }
-    bounds = {'optax': -0.9, 'pytorch': -0.9, 'paper': -0.8}
-    for form, opt in amsgrads.items():
-        xs = problem.run(opt, steps)
-        assert float(jnp.max(xs[last])) < bounds[form], form
+    for form, (opt, bound) in amsgrads.items():
+        assert float(jnp.max(problem.run(opt, steps)[last])) < bound, form
 
 
 def test_reddi_problem_matches_the_papers_amsgrad_in_numpy(x64):
