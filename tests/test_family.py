@@ -37,8 +37,6 @@ CASES = [
     ('nadam', dict(b1=0.7, b2=0.95, eps=1e-5, eps_root=1e-8)),
     ('nadamw', {}),
     ('nadamw', dict(b1=0.8, b2=0.99, weight_decay=0.2, mask=MASK)),
-    ('adam', dict(nesterov=True, b1=0.8)),
-    ('adamw', dict(nesterov=True, weight_decay=0.1)),
     ('radam', {}),
     ('radam', dict(b1=0.8, b2=0.95, eps=1e-6, eps_root=1e-9, threshold=4.0, nesterov=True)),
     ('adabelief', {}),
@@ -52,9 +50,15 @@ CASES = [
 ]
 
 
+def _two_leaves(dtype):
+    """A matrix and a vector (LAMB's trust ratio and the masks see two leaves); few leaves compile fast."""
+    tree = mixed_tree(dtype)['dense']
+    return {'kernel': tree['kernel'], 'bias': tree['bias']}
+
+
 @pytest.mark.parametrize('name,kwargs', CASES, ids=[f'{n}-{"-".join(k) or "defaults"}' for n, k in CASES])
 def test_optimizer_equals_its_optax_namesake_in_float64(x64, name, kwargs):
-    params = mixed_tree(jnp.float64)
+    params = _two_leaves(jnp.float64)
     got = run(getattr(adam_jax, name)(LR, **kwargs), params, 80)
     want = run(getattr(optax, name)(LR, **kwargs), params, 80)
     assert_trees_close(got, want, atol=1e-9)
