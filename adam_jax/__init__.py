@@ -1,5 +1,6 @@
 """adam_jax: Adam-family optimizers composed from small pure optax transforms."""
 
+from adam_jax import presets, problems
 from adam_jax.aliases import (
     adabelief,
     adam,
@@ -44,6 +45,8 @@ __all__ = [
     'nadam',
     'nadamw',
     'nesterov_momentum',
+    'presets',
+    'problems',
     'radam',
     'scale_by_moments',
     'scale_by_rectified_rms',
