@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -113,3 +115,31 @@ def test_torch_semantics_differ_from_optax(x64):
     ]
     for ours, theirs in pairs:
         assert max_difference(run_jax(ours), run_jax(theirs)) > 1e-6
+
+
+@pytest.mark.parametrize(
+    'build',
+    [
+        lambda: presets.adam(amsgrad=True, weight_decay=0.1, maximize=True),
+        lambda: presets.adamw(),
+        lambda: presets.nadam(weight_decay=0.1),
+        lambda: presets.radam(weight_decay=0.1, decoupled_weight_decay=True),
+        lambda: presets.adamax(weight_decay=0.1),
+    ],
+    ids=['adam', 'adamw', 'nadam', 'radam', 'adamax'],
+)
+def test_presets_keep_dtypes_and_state_shapes_in_bfloat16(build):
+    opt = build()
+    params = {k: jnp.asarray(v, jnp.bfloat16) for k, v in X0.items()}
+    state = opt.init(params)
+    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+    updates, state = jax.jit(opt.update)(jax.tree.map(jnp.ones_like, params), state, params)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
+    for u in jax.tree.leaves(updates):
+        assert u.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(u)))
+
+
+def test_inject_hyperparams_wraps_a_preset(x64):
+    opt = optax.inject_hyperparams(presets.nadam)(lr=1e-2, weight_decay=0.1, momentum_decay=2e-2)
+    kwargs = dict(lr=1e-2, weight_decay=0.1, momentum_decay=2e-2)
+    assert max_difference(run_jax(opt), run_torch('nadam', kwargs)) < 1e-10
