@@ -127,8 +127,9 @@ class NesterovState(NamedTuple):
     mu_product: chex.Array  # \prod_{i \le t} \mu_i, a scalar in float32 or wider
 
 
-def _momentum(b1: chex.Numeric, momentum_decay: chex.Numeric, t: chex.Array) -> chex.Array:
-    """Dozat's schedule as PyTorch writes it: mu_t = b1 (1 - 0.5 * 0.96^(t psi))."""
+def _momentum(b1: chex.Numeric, momentum_decay: chex.Numeric, t: chex.Array, wide: np.dtype) -> chex.Array:
+    """Dozat's schedule as PyTorch writes it: mu_t = b1 (1 - 0.5 * 0.96^(t psi)), in ``wide``."""
+    b1, momentum_decay, t = (jnp.asarray(x).astype(wide) for x in (b1, momentum_decay, t))
     return b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
 
 
@@ -178,8 +179,8 @@ def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.Gradi
         t_next = saturating_increment(t)
         if scheduled:
             wide = state.mu_product.dtype
-            mu_t = _momentum(jnp.asarray(b1, wide), momentum_decay, t.astype(wide))
-            mu_next = _momentum(jnp.asarray(b1, wide), momentum_decay, t_next.astype(wide))
+            mu_t = _momentum(b1, momentum_decay, t, wide)
+            mu_next = _momentum(b1, momentum_decay, t_next, wide)
             product = state.mu_product * mu_t
             state = NesterovState(mu_product=product)
             coefficients = lambda wide: (mu_next / (1 - product * mu_next), (1 - mu_t) / (1 - product))
