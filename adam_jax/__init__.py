@@ -5,6 +5,7 @@ from adam_jax.correction import bias_correct
 from adam_jax.decay import decoupled_decay
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.normalize import scale_by_rms
+from adam_jax.sharding import state_shardings, zero1_shardings
 
 __version__ = '0.1.0'
 
@@ -19,4 +20,6 @@ __all__ = [
     'loshchilov_hutter_adamw',
     'scale_by_moments',
     'scale_by_rms',
+    'state_shardings',
+    'zero1_shardings',
 ]

@@ -125,7 +125,7 @@ def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpe
     spec = list(base.spec) if base is not None and base.mesh.axis_names == mesh.axis_names else []
     spec += [None] * (len(shape) - len(spec))
     if math.prod(shape) < min_size or any(axis in _axes(entry) for entry in spec):
-        return PartitionSpec(*spec)
+        return _normal_form(spec, mesh)
     size = mesh.shape[axis]
     best, best_len = None, 0
     for d, n in enumerate(shape):
@@ -135,6 +135,15 @@ def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpe
             best, best_len = d, local
     if best is not None:
         spec[best] = _axes(spec[best]) + (axis,) if spec[best] is not None else axis
+    return _normal_form(spec, mesh)
+
+
+def _normal_form(spec: list, mesh: Mesh) -> PartitionSpec:
+    # P('data', None) and P('data') place data alike, but jit's cache tells them apart: use the form
+    # jit gives back (one entry per dimension with explicit mesh axes, no trailing None with auto ones).
+    if not mesh.are_all_axes_explicit:
+        while spec and spec[-1] is None:
+            spec.pop()
     return PartitionSpec(*spec)
 
 
