@@ -1,6 +1,6 @@
 """Training runs on 8 simulated CPU devices; prints one JSON object for tests/test_sharding.py.
 
-Run as ``python -m tests.sharded_runs`` from the repository root. The device count
+Run as ``python -m tests.sharded_runs follow|data_parallel`` from the repository root. The device count
 is forced here, before jax is imported, so that it cannot leak into other tests
 (pytest workers import jax first). This script measures; the test asserts.
 """
@@ -227,7 +227,7 @@ def pmap_case(opt, host, xs, ys):
     return replica(0), jax.tree.map(lambda a: a[0], state), spread
 
 
-def main():
+def follow_runs():
     result = {'device_count': jax.device_count()}
     for name, axis_type in (
         ('adam', AxisType.Explicit),
@@ -235,22 +235,31 @@ def main():
         ('adam_bf16_state', AxisType.Explicit),
     ):
         result[f'follow/{name}/{axis_type.name.lower()}'] = follow_case(name, axis_type)
+    return result
 
+
+def data_parallel_runs():
     opt = adam_jax.adamw(1e-2, weight_decay=0.1)
     host, xs, ys = mlp_problem()
     ref_params, ref_state = single_device_mlp(opt, host, xs, ys)
     params, state, info = zero1_case(opt, host, xs, ys)
     info['max_diff_params'] = max_diff(params, ref_params)
     info['max_diff_state'] = max_diff(state, ref_state)
-    result['zero1'] = info
     params, state, spread = pmap_case(opt, host, xs, ys)
-    result['pmap'] = {
+    pmap = {
         'max_diff_params': max_diff(params, ref_params),
         'max_diff_state': max_diff(state, ref_state),
         'spread_between_devices': spread,
         'moved': max_diff(params, host),
     }
-    json.dump(result, sys.stdout)
+    return {'device_count': jax.device_count(), 'zero1': info, 'pmap': pmap}
+
+
+SECTIONS = {'follow': follow_runs, 'data_parallel': data_parallel_runs}
+
+
+def main():
+    json.dump(SECTIONS[sys.argv[1]](), sys.stdout)
 
 
 if __name__ == '__main__':

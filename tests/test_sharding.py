@@ -7,6 +7,7 @@ zero1_shardings and the errors are checked here, on an abstract mesh.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -29,11 +30,10 @@ FOLLOW_CASES = ['adam/explicit', 'adamw/auto', 'adam_bf16_state/explicit']
 STATE_VIEWS = ['eager_init', 'init_of_shape_dtype_structs', 'jit_init_out_shardings', 'after_steps']
 
 
-@pytest.fixture(scope='module')
-def runs():
+def _run_section(section: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     proc = subprocess.run(
-        [sys.executable, '-m', 'tests.sharded_runs'],
+        [sys.executable, '-m', 'tests.sharded_runs', section],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -42,6 +42,30 @@ def runs():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
+
+
+def _shared_run(section: str, tmp_path_factory) -> dict:
+    """One run per pytest session: xdist workers share it through a locked file."""
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        return _run_section(section)
+    path = tmp_path_factory.getbasetemp().parent / f'sharded_runs_{section}.json'
+    with open(path.with_suffix('.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return json.loads(path.read_text())
+        result = _run_section(section)
+        path.write_text(json.dumps(result))
+        return result
+
+
+@pytest.fixture(scope='session')
+def follow(tmp_path_factory):
+    return _shared_run('follow', tmp_path_factory)
+
+
+@pytest.fixture(scope='session')
+def dp(tmp_path_factory):
+    return _shared_run('data_parallel', tmp_path_factory)
 
 
 def _param_key(state_path: str) -> str:
@@ -53,14 +77,14 @@ def _moment_paths(state: dict) -> list[str]:
     return [k for k in state if re.search(r'\.(mu|nu)\[', k)]
 
 
-def test_runs_use_eight_devices(runs):
-    assert runs['device_count'] == 8
+def test_runs_use_eight_devices(follow, dp):
+    assert follow['device_count'] == dp['device_count'] == 8
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
 @pytest.mark.parametrize('view', STATE_VIEWS)
-def test_state_sharding_equals_param_sharding(runs, case, view):
-    out = runs[f'follow/{case}']
+def test_state_sharding_equals_param_sharding(follow, case, view):
+    out = follow[f'follow/{case}']
     params, state = out['params'], out[view]
     moments = _moment_paths(state)
     assert len(moments) == 2 * len(params) == 8
@@ -77,16 +101,16 @@ def test_state_sharding_equals_param_sharding(runs, case, view):
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
-def test_params_keep_their_sharding_through_the_steps(runs, case):
-    out = runs[f'follow/{case}']
+def test_params_keep_their_sharding_through_the_steps(follow, case):
+    out = follow[f'follow/{case}']
     assert out['params_after_steps'] == out['params']
     assert out['params']["['w']"]['spec'] == ['data', 'model']
     assert out['params']["['w']"]['shard_shapes'] == [[4, 4]] * 8
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
-def test_state_shardings_helper_follows_params(runs, case):
-    out = runs[f'follow/{case}']
+def test_state_shardings_helper_follows_params(follow, case):
+    out = follow[f'follow/{case}']
     helper, params = out['state_shardings'], out['params']
     for path in _moment_paths(helper):
         assert helper[path]['spec'] == params[_param_key(path)]['spec']
@@ -96,8 +120,8 @@ def test_state_shardings_helper_follows_params(runs, case):
 
 
 @pytest.mark.parametrize('case', [c for c in FOLLOW_CASES if c.endswith('explicit')])
-def test_eval_shape_carries_param_shardings(runs, case):
-    out = runs[f'follow/{case}']
+def test_eval_shape_carries_param_shardings(follow, case):
+    out = follow[f'follow/{case}']
     shaped, params = out['eval_shape'], out['params']
     for path in _moment_paths(shaped):
         spec, axes = shaped[path]
@@ -106,16 +130,16 @@ def test_eval_shape_carries_param_shardings(runs, case):
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
-def test_sharded_steps_compile_once_and_equal_single_device(runs, case):
-    out = runs[f'follow/{case}']
+def test_sharded_steps_compile_once_and_equal_single_device(follow, case):
+    out = follow[f'follow/{case}']
     assert out['compiles'] == 1
     assert out['moved'] > 0.1  # 20 steps of lr 1e-2 moved the params
     assert out['max_diff_params'] <= TOL
     assert out['max_diff_state'] <= TOL
 
 
-def test_bf16_state_shards_hold_half_the_bytes(runs):
-    out = runs['follow/adam_bf16_state/explicit']
+def test_bf16_state_shards_hold_half_the_bytes(follow):
+    out = follow['follow/adam_bf16_state/explicit']
     for path in _moment_paths(out['after_steps']):
         param_bytes = out['params'][_param_key(path)]['shard_bytes']
         assert out['after_steps'][path]['shard_bytes'] == [b // 2 for b in param_bytes]
@@ -128,8 +152,8 @@ FULL = {"['w1']": [12, 32], "['b1']": [32], "['w2']": [32, 3], "['b2']": [3]}
 
 
 @pytest.mark.parametrize('view', ['after_init', 'after_steps'])
-def test_zero1_partitions_moments_eightfold(runs, view):
-    state = runs['zero1'][view]
+def test_zero1_partitions_moments_eightfold(dp, view):
+    state = dp['zero1'][view]
     moments = _moment_paths(state)
     assert len(moments) == 8
     for path in moments:
@@ -146,8 +170,8 @@ def test_zero1_partitions_moments_eightfold(runs, view):
     assert state[count]['shard_shapes'] == [[]] * 8
 
 
-def test_zero1_params_replicated_and_results_equal(runs):
-    out = runs['zero1']
+def test_zero1_params_replicated_and_results_equal(dp):
+    out = dp['zero1']
     for key, leaf in out['params_after_steps'].items():
         assert leaf['shard_shapes'] == [FULL[key]] * 8
     assert out['compiles'] == 1
@@ -155,8 +179,8 @@ def test_zero1_params_replicated_and_results_equal(runs):
     assert out['max_diff_state'] <= TOL
 
 
-def test_zero1_state_bytes_per_device(runs):
-    state = runs['zero1']['after_steps']
+def test_zero1_state_bytes_per_device(dp):
+    state = dp['zero1']['after_steps']
     per_device = sum(leaf['shard_bytes'][0] for leaf in state.values())
     # fp32 mu and nu: 2 * 4 bytes * (12*32/8 + 32 + 32*3/8 + 3), plus the int32 count.
     assert per_device == 2 * 4 * (48 + 32 + 12 + 3) + 4
@@ -164,8 +188,8 @@ def test_zero1_state_bytes_per_device(runs):
     assert replicated == 4124 and per_device == 764
 
 
-def test_pmap_with_pmean_equals_single_device(runs):
-    out = runs['pmap']
+def test_pmap_with_pmean_equals_single_device(dp):
+    out = dp['pmap']
     assert out['moved'] > 0.01
     assert out['spread_between_devices'] == 0.0
     assert out['max_diff_params'] <= TOL
