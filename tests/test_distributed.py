@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import once_per_session
+
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 110
 TOL = 1e-6
@@ -38,8 +40,12 @@ def _env(devices: int) -> dict:
     return env
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def results(tmp_path_factory):
+    return once_per_session(tmp_path_factory, 'distributed_train_runs', lambda: _run_all(tmp_path_factory))
+
+
+def _run_all(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp('distributed')
     script = [sys.executable, '-m', 'examples.distributed_train', '--steps', '20']
     coordinator = f'127.0.0.1:{_free_port()}'

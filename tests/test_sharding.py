@@ -7,7 +7,6 @@ zero1_shardings and the errors are checked here, on an abstract mesh.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adam_jax
+from tests.conftest import once_per_session
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-6
@@ -44,28 +44,14 @@ def _run_section(section: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def _shared_run(section: str, tmp_path_factory) -> dict:
-    """One run per pytest session: xdist workers share it through a locked file."""
-    if 'PYTEST_XDIST_WORKER' not in os.environ:
-        return _run_section(section)
-    path = tmp_path_factory.getbasetemp().parent / f'sharded_runs_{section}.json'
-    with open(path.with_suffix('.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            return json.loads(path.read_text())
-        result = _run_section(section)
-        path.write_text(json.dumps(result))
-        return result
-
-
 @pytest.fixture(scope='session')
 def follow(tmp_path_factory):
-    return _shared_run('follow', tmp_path_factory)
+    return once_per_session(tmp_path_factory, 'sharded_runs_follow', lambda: _run_section('follow'))
 
 
 @pytest.fixture(scope='session')
 def dp(tmp_path_factory):
-    return _shared_run('data_parallel', tmp_path_factory)
+    return once_per_session(tmp_path_factory, 'sharded_runs_dp', lambda: _run_section('data_parallel'))
 
 
 def _param_key(state_path: str) -> str:
