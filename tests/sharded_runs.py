@@ -26,6 +26,7 @@ import adam_jax  # noqa: E402
 from tests.conftest import noisy_quadratic_grad  # noqa: E402
 
 STEPS = 20
+COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
 OPTIMIZERS = {
     'adam': lambda: adam_jax.adam(1e-2),
     'adamw': lambda: adam_jax.adamw(1e-2, weight_decay=0.1),
@@ -125,6 +126,8 @@ def follow_case(name, axis_type):
     out['after_steps'] = by_path(state)
     out['params_after_steps'] = by_path(params)
     out['compiles'] = step._cache_size()
+    hlo = step.lower(params, state, jnp.float32(0)).compile().as_text()
+    out['collectives'] = {op: hlo.count(f' {op}(') for op in COLLECTIVES}
 
     # The same run on one device.
     one = jax.devices()[0]
@@ -196,6 +199,7 @@ def zero1_case(opt, host, xs, ys):
     )
     for t in range(STEPS):
         params, state = step(params, state, jax.device_put(xs[t], batch), jax.device_put(ys[t], batch))
+    hlo = step.lower(params, state, jax.device_put(xs[0], batch), jax.device_put(ys[0], batch)).compile().as_text()
     return (
         params,
         state,
@@ -204,6 +208,7 @@ def zero1_case(opt, host, xs, ys):
             'after_steps': by_path(state),
             'params_after_steps': by_path(params),
             'compiles': step._cache_size(),
+            'collectives': {op: hlo.count(f' {op}(') for op in COLLECTIVES},
         },
     )
 

@@ -116,6 +116,18 @@ def test_eval_shape_carries_param_shardings(follow, case):
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
+def test_sharded_step_moves_no_data_between_devices(follow, case):
+    # The update is elementwise, so with the state where its parameter is the step needs no collective.
+    assert follow[f'follow/{case}']['collectives'] == {
+        'all-gather': 0,
+        'all-reduce': 0,
+        'reduce-scatter': 0,
+        'all-to-all': 0,
+        'collective-permute': 0,
+    }
+
+
+@pytest.mark.parametrize('case', FOLLOW_CASES)
 def test_sharded_steps_compile_once_and_equal_single_device(follow, case):
     out = follow[f'follow/{case}']
     assert out['compiles'] == 1
@@ -163,6 +175,14 @@ def test_zero1_params_replicated_and_results_equal(dp):
     assert out['compiles'] == 1
     assert out['max_diff_params'] <= TOL
     assert out['max_diff_state'] <= TOL
+
+
+def test_zero1_step_gathers_the_update(dp):
+    # Gradients are reduced over the batch; the update, computed on each device's slice of the moments,
+    # is all-gathered for the replicated parameters.
+    collectives = dp['zero1']['collectives']
+    assert collectives['all-gather'] >= 1
+    assert collectives['all-reduce'] + collectives['reduce-scatter'] >= 1
 
 
 def test_zero1_state_bytes_per_device(dp):
