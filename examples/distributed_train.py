@@ -32,6 +32,7 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
@@ -113,11 +114,9 @@ def train(steps: int, batch_size: int, learning_rate: float, zero1: bool) -> dic
 
     model = MLP()
     x_all, y_all = make_data()
-    host_params = model.init(jax.random.key(0), x_all[:1])['params']
-    # Every process builds the same parameters; each device gets a copy.
-    params = jax.tree.map(
-        lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: np.asarray(a)[i]), host_params
-    )
+    # Every process runs the same initialisation (same key); each device gets a copy.
+    init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, FEATURES)))['params'], out_shardings=replicated)
+    params = init()
     params_sh = jax.tree.map(lambda _: replicated, params)
 
     opt = adam_jax.adamw(learning_rate, weight_decay=1e-2)

@@ -113,6 +113,8 @@ def test_eval_shape_carries_param_shardings(follow, case):
         spec, axes = shaped[path]
         assert spec == params[_param_key(path)]['spec']
         assert axes == ['data', 'model']
+    (count,) = [k for k in shaped if k.endswith('.count')]
+    assert shaped[count] == [[], ['data', 'model']]  # replicated on the mesh, not unplaced
 
 
 @pytest.mark.parametrize('case', FOLLOW_CASES)
