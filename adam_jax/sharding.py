@@ -46,19 +46,33 @@ def _named_sharding(x: Any) -> NamedSharding | None:
     return sharding if isinstance(sharding, NamedSharding) else None
 
 
-def replicated_zero(params: Any, dtype: Any) -> jax.Array:
-    """A scalar zero replicated on the mesh that the params live on (the default device otherwise).
+def _scalar_sharding(leaf: Any) -> jax.sharding.Sharding | None:
+    """Where a scalar belongs next to ``leaf``: replicated on its mesh, or on its device if committed to one."""
+    if isinstance(leaf, jax.core.Tracer):  # carries an abstract mesh (empty outside a mesh context)
+        sharding = _named_sharding(leaf)
+        return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    # Arrays that jax may still move (uncommitted) leave the scalar on the default device too.
+    if not getattr(leaf, '_committed', True):
+        return None
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    return None
 
-    A step count made on one device would come back from the first jitted step
-    replicated on the mesh, and the step would compile a second time.
+
+def replicated_zero(params: Any, dtype: Any) -> jax.Array:
+    """A scalar zero placed where the params are: replicated on their mesh, or on their device.
+
+    A step count left uncommitted on the default device would come back from
+    the first jitted step committed to the params' devices, and the step would
+    compile a second time.
     """
     for leaf in jax.tree.leaves(params):
-        sharding = _named_sharding(leaf)
-        if sharding is None:
-            continue
-        # A concrete array or ShapeDtypeStruct needs a concrete mesh; a tracer carries an abstract one.
-        if isinstance(leaf, jax.core.Tracer) or isinstance(sharding.mesh, Mesh):
-            return jax.lax.full((), 0, jnp.dtype(dtype), sharding=NamedSharding(sharding.mesh, PartitionSpec()))
+        sharding = _scalar_sharding(leaf)
+        if sharding is not None:
+            return jax.lax.full((), 0, jnp.dtype(dtype), sharding=sharding)
     return jnp.zeros([], dtype)
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adam_jax
-from tests.conftest import once_per_session
+from tests.conftest import mixed_tree, noisy_quadratic_grad, once_per_session
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-6
@@ -261,6 +262,24 @@ def test_state_shardings_on_one_device():
     shardings = adam_jax.state_shardings(opt, params)
     assert jax.tree.structure(shardings) == jax.tree.structure(opt.init(params))
     assert all(s == params['a'].sharding for s in jax.tree.leaves(shardings))
+
+
+def test_state_on_a_committed_device_compiles_once():
+    # Params placed on a device explicitly (committed): the count is made there too, so the first
+    # step does not hand back a count with a different placement (optax.adam's step compiles twice here).
+    params = jax.device_put(mixed_tree(), jax.devices()[0])
+    opt = adam_jax.adamw(1e-2, weight_decay=0.1)
+    state = opt.init(params)
+    assert all(leaf.sharding == params['scale'].sharding for leaf in jax.tree.leaves(state))
+
+    @jax.jit
+    def step(params, state, t):
+        updates, state = opt.update(noisy_quadratic_grad(params, t), state, params)
+        return optax.apply_updates(params, updates), state
+
+    for t in range(3):
+        params, state = step(params, state, jnp.float32(t))
+    assert step._cache_size() == 1
 
 
 def test_state_shardings_needs_shardings():
