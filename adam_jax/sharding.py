@@ -89,7 +89,12 @@ def _sharding_of(x: Any) -> jax.sharding.Sharding:
 def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
     if isinstance(sharding, NamedSharding):
         return NamedSharding(sharding.mesh, PartitionSpec())
-    return sharding if sharding.is_fully_replicated else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    raise ValueError(
+        'state_shardings needs params with a NamedSharding (on a mesh) or a SingleDeviceSharding, got '
+        f'{type(sharding).__name__}; device_put the params with a NamedSharding first.'
+    )
 
 
 def state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
