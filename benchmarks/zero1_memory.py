@@ -15,6 +15,7 @@ import sys
 
 DEVICES = int(sys.argv[sys.argv.index('--devices') + 1]) if '--devices' in sys.argv else 8
 os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={DEVICES}'
+os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import functools  # noqa: E402
 import json  # noqa: E402

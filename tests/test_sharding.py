@@ -33,6 +33,7 @@ STATE_VIEWS = ['eager_init', 'init_of_shape_dtype_structs', 'jit_init_out_shardi
 
 def _run_section(section: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env['JAX_PLATFORMS'] = 'cpu'  # simulated CPU devices even where an accelerator is present
     proc = subprocess.run(
         [sys.executable, '-m', 'tests.sharded_runs', section],
         cwd=ROOT,
