@@ -19,6 +19,7 @@ from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correc
 from adam_jax.decay import decoupled_decay
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
+from adam_jax.sharding import state_shardings, zero1_shardings
 from adam_jax.sign import SignMomentumState, scale_by_sign_momentum
 from adam_jax.trust_ratio import trust_ratio
 
@@ -52,5 +53,7 @@ __all__ = [
     'scale_by_rectified_rms',
     'scale_by_rms',
     'scale_by_sign_momentum',
+    'state_shardings',
     'trust_ratio',
+    'zero1_shardings',
 ]

@@ -21,6 +21,7 @@ import optax
 from adam_jax import _checks
 from adam_jax._tree import real_dtype
 from adam_jax.moments import require_moments, saturating_increment
+from adam_jax.sharding import replicated_zero
 
 
 def correction_dtype(dtype) -> np.dtype:
@@ -165,7 +166,7 @@ def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.Gradi
         if not scheduled:
             return optax.EmptyState()
         wide = max((correction_dtype(p.dtype) for p in jax.tree.leaves(params)), default=np.dtype(np.float32))
-        return NesterovState(mu_product=jnp.ones([], wide))
+        return NesterovState(mu_product=replicated_zero(params, wide) + 1)  # placed like the step count
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
