@@ -45,7 +45,7 @@ def _random_tree(spec, rng, scale):
     return {k: jnp.asarray(rng.normal(size=shape) * scale, dtype) for k, (shape, dtype) in spec.items()}
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     spec=trees(),
     name=st.sampled_from(('adam', 'adamw', 'adamax')),

@@ -81,12 +81,13 @@ def _moved(params):
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_chain_with_clip_by_global_norm(name):
+def test_chain_with_clip_by_global_norm_and_a_warmup_cosine_schedule(name):
     assert float(optax.tree.norm(_grad(_params(), 0))) > 1.0  # clipping to 0.5 is active
+    schedule = optax.warmup_cosine_decay_schedule(0.0, LR, warmup_steps=5, decay_steps=20, end_value=1e-3)
     (got, _), (want, _) = _run_both(
-        optax.chain(optax.clip_by_global_norm(0.5), getattr(adam_jax, name)(LR)),
-        optax.chain(optax.clip_by_global_norm(0.5), OPTIMIZERS[name](LR)),
-        12,
+        optax.chain(optax.clip_by_global_norm(0.5), getattr(adam_jax, name)(schedule)),
+        optax.chain(optax.clip_by_global_norm(0.5), OPTIMIZERS[name](schedule)),
+        20,
     )
     _assert_close(got, want)
     assert _moved(got) > 0.1
@@ -116,14 +117,6 @@ def test_inject_hyperparams_changes_lr_and_betas_without_recompiling(name):
     # The change took effect: without it the run ends elsewhere.
     unchanged, _ = _run(getattr(adam_jax, name)(LR), 12)
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(unchanged))) > 1e-2
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_warmup_cosine_decay_schedule(name):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, LR, warmup_steps=5, decay_steps=20, end_value=1e-3)
-    (got, _), (want, _) = _run_both(getattr(adam_jax, name)(schedule), OPTIMIZERS[name](schedule), 20)
-    _assert_close(got, want)
-    assert _moved(got) > 0.1
 
 
 @pytest.mark.parametrize('name', NAMES)

@@ -8,6 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import adam_jax  # noqa: F401  (imported before the test changes directory, whatever sys.path holds)
+
 SECTION = 'Using adam_jax with Flax, optax and Orbax'
 
 
