@@ -7,6 +7,7 @@ from adam_jax.decay import decoupled_decay
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.nonfinite import SkipNonfiniteState, skip_nonfinite
 from adam_jax.normalize import scale_by_rms
+from adam_jax.sharding import state_shardings, zero1_shardings
 
 __version__ = '0.1.0'
 
@@ -25,5 +26,7 @@ __all__ = [
     'scale_by_moments',
     'scale_by_rms',
     'skip_nonfinite',
+    'state_shardings',
     'temporal_average',
+    'zero1_shardings',
 ]
