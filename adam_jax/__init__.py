@@ -15,9 +15,11 @@ from adam_jax.aliases import (
     nadamw,
     radam,
 )
+from adam_jax.averaging import TemporalAverageState, averaged_params, temporal_average
 from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
+from adam_jax.nonfinite import SkipNonfiniteState, skip_nonfinite
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
 from adam_jax.sharding import state_shardings, zero1_shardings
 from adam_jax.sign import SignMomentumState, scale_by_sign_momentum
@@ -31,12 +33,15 @@ __all__ = [
     'MomentsState',
     'NesterovState',
     'SignMomentumState',
+    'SkipNonfiniteState',
+    'TemporalAverageState',
     'adabelief',
     'adam',
     'adamax',
     'adamaxw',
     'adamw',
     'amsgrad',
+    'averaged_params',
     'bias_correct',
     'decoupled_decay',
     'lamb',
@@ -53,7 +58,9 @@ __all__ = [
     'scale_by_rectified_rms',
     'scale_by_rms',
     'scale_by_sign_momentum',
+    'skip_nonfinite',
     'state_shardings',
+    'temporal_average',
     'trust_ratio',
     'zero1_shardings',
 ]

@@ -46,3 +46,15 @@ def check_same_structure(name_a: str, a: Any, name_b: str, b: Any) -> None:
             f'{name_a} and {name_b} have different tree structures ({first_difference(a, b)}). '
             'Was the optimizer state built with init() on parameters of this shape?'
         )
+
+
+def check_inexact_leaves(name: str, params: Any) -> None:
+    """Raises ``TypeError`` naming the first integer or boolean leaf: Adam is defined for real or complex floats."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, 'dtype', None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f'{name}: the leaf at {jax.tree_util.keystr(path) or "<root>"} has dtype {dtype}; only floating '
+                'and complex leaves can be optimized. Leave integer and boolean leaves out of the optimizer with '
+                'optax.masked(tx, mask) or optax.multi_transform({..., "frozen": optax.set_to_zero()}, labels).'
+            )

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
+from adam_jax._tree import check_inexact_leaves, check_same_structure, compute_dtype, real_dtype
 from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max', 'belief')
@@ -103,6 +103,18 @@ def saturating_increment(count: chex.Array) -> chex.Array:
     return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(jnp.int32)
 
 
+def default_nu_dtype(param_dtype: Any) -> jnp.dtype:
+    r"""Storage dtype of ``nu`` when ``nu_dtype`` is None: the param's real dtype, but float32 for float16.
+
+    float16 (5 exponent bits) rounds :math:`(1-\beta_2) g^2` to zero for :math:`|g| \lesssim 5 \cdot 10^{-3}`
+    (with :math:`\beta_2 = 0.999`), and a decaying :math:`v` reaches zero the same way. A zero :math:`v`
+    under a non-zero :math:`m` makes :math:`m / (\sqrt{v} + \epsilon)` overflow to inf (optax issue #1754).
+    bfloat16 has float32's exponent range and keeps its own dtype. Pass ``nu_dtype=jnp.float16`` to opt out.
+    """
+    dtype = real_dtype(param_dtype)
+    return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
+
+
 def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
     return (1 - decay) * new + decay * old
 
@@ -138,7 +150,11 @@ def scale_by_moments(
     The step count :math:`t` is an int32 that saturates at :math:`2^{31}-1`.
     Moments are computed in float32 or wider and stored in ``mu_dtype`` /
     ``nu_dtype`` (default: the dtype of the parameters; for complex
-    parameters ``nu`` is real and stored in the matching real dtype).
+    parameters ``nu`` is real and stored in the matching real dtype; for
+    float16 parameters ``nu`` is stored in float32, see :func:`default_nu_dtype`).
+    Integer and boolean parameters are rejected by ``init`` with a ``TypeError``
+    naming their path: exclude them with ``optax.masked`` or
+    ``optax.multi_transform`` (``optax.set_to_zero()`` for that group).
 
     Args:
       b1: decay rate of the first moment, in [0, 1).
@@ -170,8 +186,9 @@ def scale_by_moments(
     nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
 
     def init(params: optax.Params) -> MomentsState:
+        check_inexact_leaves('scale_by_moments', params)
         mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-        nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or real_dtype(p.dtype)), params)
+        nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or default_nu_dtype(p.dtype)), params)
         return MomentsState(count=replicated_zero(params, jnp.int32), mu=mu, nu=nu)
 
     def update_mu(g, mu):
