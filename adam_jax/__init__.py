@@ -3,14 +3,19 @@
 from adam_jax.aliases import adam, adamax, adamw, loshchilov_hutter_adamw
 from adam_jax.correction import bias_correct
 from adam_jax.decay import decoupled_decay
+from adam_jax.memory import StateBytes, state_nbytes
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.normalize import scale_by_rms
+from adam_jax.quantization import BlockQuantized, QuantizedArray
 
 __version__ = '0.1.0'
 
 __all__ = [
+    'BlockQuantized',
     'Moments',
     'MomentsState',
+    'QuantizedArray',
+    'StateBytes',
     'adam',
     'adamax',
     'adamw',
@@ -19,4 +24,5 @@ __all__ = [
     'loshchilov_hutter_adamw',
     'scale_by_moments',
     'scale_by_rms',
+    'state_nbytes',
 ]

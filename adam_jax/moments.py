@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from adam_jax import _checks
+from adam_jax import _checks, quantization
 from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
 
 SECOND_MOMENTS = ('square', 'max')
@@ -105,6 +106,30 @@ def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
     return (1 - decay) * new + decay * old
 
 
+def _state_leaf(x: Any) -> bool:
+    return x is None or quantization.is_quantized(x)
+
+
+def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, quantization.BlockQuantized | None]:
+    """A moment's storage: a float dtype, or an 8-bit block-wise spec (see :mod:`adam_jax.quantization`)."""
+    spec = quantization.as_spec(name, value)
+    if spec is not None:
+        if spec.signed != signed:
+            want = "'int8' (signed map)" if signed else "'uint8' (unsigned map)"
+            raise ValueError(f'{name}={value!r} does not fit this moment; use {want}.')
+        return None, spec
+    if value is None:
+        return None, None
+    dtype = real_dtype(value) if not signed else np.dtype(value)
+    if not signed and dtype == np.dtype(np.float16):
+        raise ValueError(
+            f'{name}=float16 cannot hold the second moment: v ~ g**2 flushes to zero for |g| < 2.4e-4, '
+            "and then the step divides by eps alone. Use 'bfloat16' (float32's exponent range), "
+            "'uint8' (8-bit, scaled per block) or float32."
+        )
+    return dtype, None
+
+
 def _abs_sq(g: chex.Array) -> chex.Array:
     return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
 
@@ -134,11 +159,30 @@ def scale_by_moments(
     ``nu_dtype`` (default: the dtype of the parameters; for complex
     parameters ``nu`` is real and stored in the matching real dtype).
 
+    Lean state. ``'bfloat16'`` halves the state: bfloat16 has float32's
+    exponent range, so :math:`v \approx g^2` underflows only where float32's
+    would. float16 cannot hold :math:`v` (it flushes to zero below
+    :math:`6 \cdot 10^{-8}`, i.e. for :math:`|g| < 2.4 \cdot 10^{-4}`, and the
+    step would then divide by :math:`\epsilon` alone): ``nu_dtype=float16`` is
+    refused, and for float16 parameters the default ``nu`` is float32 (float16
+    ``mu`` is allowed: where it underflows the step is merely zero). ``'int8'``
+    (for ``mu``) and ``'uint8'`` (for ``nu``), or a
+    :class:`~adam_jax.quantization.BlockQuantized` spec, store the moment in 8
+    bits, block-wise quantized with a float32 absmax per block of 256 elements
+    (Dettmers et al. 2021); the scale lives in the absmax, so small :math:`v`
+    do not underflow either. Leaves with fewer than 4096 elements (and complex
+    leaves) stay in float32 or wider. The stored moment is dequantized, updated
+    and requantized inside the step. Whatever the storage, the later stages see
+    the moments in float32 or wider, so :math:`\epsilon` (e.g. ``1e-8``, below
+    float16's range) is added in that precision and never vanishes.
+
     Args:
       b1: decay rate of the first moment, in [0, 1).
       b2: decay rate of the second moment, in [0, 1).
-      mu_dtype: storage dtype of the first moment.
-      nu_dtype: storage dtype of the second moment.
+      mu_dtype: storage of the first moment: a float dtype, ``'int8'`` or a
+        signed ``BlockQuantized(...)`` (8-bit block-wise).
+      nu_dtype: storage of the second moment: a float dtype other than
+        float16, ``'uint8'`` or an unsigned ``BlockQuantized(...)``.
       second_moment: ``'square'`` for Adam's :math:`v_t`, ``'max'`` for
         AdaMax's exponentially weighted infinity norm :math:`u_t`.
       max_eps: with ``second_moment='max'``, added to :math:`|g_t|` inside the
@@ -154,15 +198,37 @@ def scale_by_moments(
     _checks.check_nonnegative('max_eps', max_eps)
     if second_moment != 'max' and isinstance(max_eps, (int, float)) and max_eps != 0:
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-    nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
+    mu_dtype, mu_quantized = _storage('mu_dtype', mu_dtype, signed=True)
+    nu_dtype, nu_quantized = _storage('nu_dtype', nu_dtype, signed=False)
+
+    def zeros(p, dtype, quantized, default):
+        if quantized is not None and quantized.applies_to(p):
+            return quantization.zeros_like(p, quantized)
+        if quantized is not None:  # too small to quantize: full precision
+            dtype = compute_dtype(default)
+        return jnp.zeros_like(p, dtype=dtype or default)
+
+    def nu_default(dtype):  # float16 cannot hold g**2 (see _storage); keep v in float32 then
+        dtype = real_dtype(dtype)
+        return np.dtype(np.float32) if dtype == np.dtype(np.float16) else dtype
 
     def init(params: optax.Params) -> MomentsState:
-        mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-        nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or real_dtype(p.dtype)), params)
+        mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_quantized, p.dtype), params)
+        nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_quantized, nu_default(p.dtype)), params)
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
+    def store(new, old):
+        if quantization.is_quantized(old):
+            return quantization.requantize(new, old)
+        return new.astype(old.dtype)
+
+    def as_stored(new, stored):
+        if quantization.is_quantized(stored) or stored.dtype == new.dtype:
+            return new
+        return stored.astype(new.dtype)
+
     def update_mu(g, mu):
+        mu = quantization.dequantize(mu) if quantization.is_quantized(mu) else mu
         if jnp.iscomplexobj(g) and not jnp.iscomplexobj(mu):
             raise TypeError(
                 f'mu_dtype={mu.dtype} cannot hold the complex first moment of a {g.dtype} gradient '
@@ -172,6 +238,7 @@ def scale_by_moments(
         return _ema(b1, mu.astype(cdt), g.astype(cdt))
 
     def update_nu(g, nu):
+        nu = quantization.dequantize(nu) if quantization.is_quantized(nu) else nu
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
             return jnp.maximum(jnp.abs(g).astype(cdt) + max_eps, b2 * nu.astype(cdt))
@@ -185,19 +252,19 @@ def scale_by_moments(
                 'so scale_by_moments must come first in it (after params-shaped pre-processing '
                 'such as optax.clip_by_global_norm).'
             )
-        check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu)
+        check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu, is_leaf=_state_leaf)
         count = saturating_increment(state.count)
         mu = jax.tree.map(update_mu, updates, state.mu)
         nu = jax.tree.map(update_nu, updates, state.nu)
         new_state = MomentsState(
             count=count,
-            mu=jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu),
-            nu=jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu),
+            mu=jax.tree.map(store, mu, state.mu),
+            nu=jax.tree.map(store, nu, state.nu),
         )
         moments = Moments(
             grad=updates,
-            mu=mu,
-            nu=nu,
+            mu=jax.tree.map(as_stored, mu, new_state.mu),
+            nu=jax.tree.map(as_stored, nu, new_state.nu),
             count=count,
             b1=b1,
             b2=b2,
