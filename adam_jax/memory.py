@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from adam_jax import quantization
+from adam_jax import factored, quantization
 
 
 class StateBytes(NamedTuple):
@@ -17,7 +17,8 @@ class StateBytes(NamedTuple):
     Attributes:
       total: bytes of every array in the state.
       by_kind: bytes per kind of array: ``'int8 codes'`` / ``'uint8 codes'`` and
-        ``'absmax'`` for 8-bit quantized moments, otherwise the dtype name
+        ``'absmax'`` for 8-bit quantized moments, ``'factored float32'`` for the
+        row and column statistics of a factored moment, otherwise the dtype name
         (``'float32'``, ``'bfloat16'``, ``'int32'`` for step counts, ...).
     """
 
@@ -42,8 +43,10 @@ def state_nbytes(state: Any) -> StateBytes:
     def add(kind: str, nbytes: int) -> None:
         by_kind[kind] = by_kind.get(kind, 0) + nbytes
 
-    for leaf in jax.tree.leaves(state, is_leaf=quantization.is_quantized):
-        if quantization.is_quantized(leaf):
+    for leaf in jax.tree.leaves(state, is_leaf=lambda x: quantization.is_quantized(x) or factored.is_factored(x)):
+        if factored.is_factored(leaf):
+            add(f'factored {np.dtype(leaf.row.dtype).name}', _nbytes(leaf.row) + _nbytes(leaf.col))
+        elif quantization.is_quantized(leaf):
             add(f'{np.dtype(leaf.codes.dtype).name} codes', _nbytes(leaf.codes))
             add('absmax', _nbytes(leaf.absmax))
         elif hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):

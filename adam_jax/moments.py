@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import _checks, quantization
+from adam_jax import _checks, factored, quantization
 from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
 
 SECOND_MOMENTS = ('square', 'max')
@@ -107,11 +107,16 @@ def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
 
 
 def _state_leaf(x: Any) -> bool:
-    return x is None or quantization.is_quantized(x)
+    return x is None or quantization.is_quantized(x) or factored.is_factored(x)
 
 
-def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, quantization.BlockQuantized | None]:
-    """A moment's storage: a float dtype, or an 8-bit block-wise spec (see :mod:`adam_jax.quantization`)."""
+def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
+    """A moment's storage: a float dtype, an 8-bit block-wise spec (:mod:`adam_jax.quantization`)
+    or, for the second moment, a factored one (:mod:`adam_jax.factored`)."""
+    if isinstance(value, factored.Factored):
+        if signed:
+            raise ValueError(f'{name}=Factored(...) is for the second moment only (nu_dtype).')
+        return None, value
     spec = quantization.as_spec(name, value)
     if spec is not None:
         if spec.signed != signed:
@@ -200,11 +205,15 @@ def scale_by_moments(
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")
     mu_dtype, mu_quantized = _storage('mu_dtype', mu_dtype, signed=True)
     nu_dtype, nu_quantized = _storage('nu_dtype', nu_dtype, signed=False)
+    if second_moment == 'max' and isinstance(nu_quantized, factored.Factored):
+        raise ValueError("nu_dtype=Factored(...) needs second_moment='square': a running max does not factor.")
 
     def zeros(p, dtype, quantized, default):
+        if isinstance(quantized, factored.Factored) and quantized.applies_to(p):
+            return factored.zeros_like(p, quantized.min_dim_size_to_factor, compute_dtype(default))
         if quantized is not None and quantized.applies_to(p):
             return quantization.zeros_like(p, quantized)
-        if quantized is not None:  # too small to quantize: full precision
+        if quantized is not None:  # too small to quantize or factor: full precision
             dtype = compute_dtype(default)
         return jnp.zeros_like(p, dtype=dtype or default)
 
@@ -218,11 +227,15 @@ def scale_by_moments(
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def store(new, old):
+        if factored.is_factored(old):
+            return new
         if quantization.is_quantized(old):
             return quantization.requantize(new, old)
         return new.astype(old.dtype)
 
     def as_stored(new, stored):
+        if factored.is_factored(stored):
+            return stored.reconstruct()
         if quantization.is_quantized(stored) or stored.dtype == new.dtype:
             return new
         return stored.astype(new.dtype)
@@ -238,6 +251,8 @@ def scale_by_moments(
         return _ema(b1, mu.astype(cdt), g.astype(cdt))
 
     def update_nu(g, nu):
+        if factored.is_factored(nu):
+            return nu.update(b2, _abs_sq(g.astype(compute_dtype(g.dtype))))
         nu = quantization.dequantize(nu) if quantization.is_quantized(nu) else nu
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
@@ -259,12 +274,12 @@ def scale_by_moments(
         new_state = MomentsState(
             count=count,
             mu=jax.tree.map(store, mu, state.mu),
-            nu=jax.tree.map(store, nu, state.nu),
+            nu=jax.tree.map(store, nu, state.nu, is_leaf=_state_leaf),
         )
         moments = Moments(
             grad=updates,
             mu=jax.tree.map(as_stored, mu, new_state.mu),
-            nu=jax.tree.map(as_stored, nu, new_state.nu),
+            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=_state_leaf),
             count=count,
             b1=b1,
             b2=b2,

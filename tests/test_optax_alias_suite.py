@@ -15,7 +15,7 @@ import pytest
 
 import adam_jax
 
-OURS = ('adam', 'adamw', 'adamax')
+OURS = ('adam', 'adamw', 'adamax', 'adafactor')
 
 
 def _load_alias_test():
