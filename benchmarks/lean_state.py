@@ -24,6 +24,7 @@ CONFIGS = {
     'fp32 (adam_jax)': dict(),
     'bf16 (adam_jax)': dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
     '8-bit (adam_jax)': dict(mu_dtype='int8', nu_dtype='uint8'),
+    '8-bit m, factored v (adam_jax)': dict(mu_dtype='int8', nu_dtype=adam_jax.Factored()),
     'fp32 (optax)': None,
     'bf16 mu (optax)': 'optax_bf16',
 }
