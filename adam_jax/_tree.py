@@ -26,6 +26,11 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
     return np.dtype(jnp.result_type(*dtypes, jnp.float32))
 
 
+def abs_sq(g: Any) -> Any:
+    """|g|**2, real for complex g."""
+    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+
+
 def first_difference(a: Any, b: Any) -> str:
     """A readable description of where two pytree structures first differ."""
     paths_a = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(a)[0]]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax._tree import real_dtype
+from adam_jax._tree import abs_sq, real_dtype
 
 
 def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
@@ -113,10 +113,6 @@ def zeros_like(leaf: Any, min_dim_size_to_factor: int, dtype: Any) -> FactoredMo
     return FactoredMoment(jnp.zeros(row_shape, dtype), jnp.zeros(col_shape, dtype), axes)
 
 
-def _abs_sq(g: chex.Array) -> chex.Array:
-    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
-
-
 def decay_rate_pow(step: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:
     r"""Adafactor's schedule :math:`\hat\beta_{2,t} = 1 - t^{-c}` (Shazeer & Stern 2018, Sec. 7.2), t from 1."""
     return 1.0 - jnp.asarray(step + 1, jnp.float32) ** (-exponent)
@@ -172,7 +168,7 @@ def scale_by_factored_rms(
         decay = decay_rate_pow(state.count - decay_offset, decay_rate)
 
         def one(g, nu):
-            sq = _abs_sq(g) + eps
+            sq = abs_sq(g) + eps
             if is_factored(nu):
                 nu = nu.update(decay, sq)
                 v = nu.reconstruct()

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, factored, quantization
-from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
+from adam_jax._tree import abs_sq, check_same_structure, compute_dtype, real_dtype
 
 SECOND_MOMENTS = ('square', 'max')
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -106,8 +106,13 @@ def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
     return (1 - decay) * new + decay * old
 
 
+def _compressed(x: Any) -> bool:
+    """A moment stored as a pytree of its own (quantized or factored): one leaf of the params tree."""
+    return quantization.is_quantized(x) or factored.is_factored(x)
+
+
 def _state_leaf(x: Any) -> bool:
-    return x is None or quantization.is_quantized(x) or factored.is_factored(x)
+    return x is None or _compressed(x)
 
 
 def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
@@ -133,10 +138,6 @@ def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]
             "'uint8' (8-bit, scaled per block) or float32."
         )
     return dtype, None
-
-
-def _abs_sq(g: chex.Array) -> chex.Array:
-    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
 
 
 def scale_by_moments(
@@ -178,8 +179,10 @@ def scale_by_moments(
     do not underflow either. Leaves with fewer than 4096 elements (and complex
     leaves) stay in float32 or wider. The stored moment is dequantized, updated
     and requantized inside the step. Whatever the storage, the later stages see
-    the moments in float32 or wider, so :math:`\epsilon` (e.g. ``1e-8``, below
-    float16's range) is added in that precision and never vanishes.
+    the moments as stored, widened to float32 or wider (so the step uses the
+    state the next step will read, and XLA can update it in place), and
+    :math:`\epsilon` (e.g. ``1e-8``, below float16's range) is added in that
+    precision and never vanishes.
 
     Args:
       b1: decay rate of the first moment, in [0, 1).
@@ -187,7 +190,9 @@ def scale_by_moments(
       mu_dtype: storage of the first moment: a float dtype, ``'int8'`` or a
         signed ``BlockQuantized(...)`` (8-bit block-wise).
       nu_dtype: storage of the second moment: a float dtype other than
-        float16, ``'uint8'`` or an unsigned ``BlockQuantized(...)``.
+        float16, ``'uint8'``, an unsigned ``BlockQuantized(...)``, or
+        ``Factored(...)`` (row and column statistics, Shazeer & Stern 2018;
+        see :mod:`adam_jax.factored`).
       second_moment: ``'square'`` for Adam's :math:`v_t`, ``'max'`` for
         AdaMax's exponentially weighted infinity norm :math:`u_t`.
       max_eps: with ``second_moment='max'``, added to :math:`|g_t|` inside the
@@ -203,17 +208,17 @@ def scale_by_moments(
     _checks.check_nonnegative('max_eps', max_eps)
     if second_moment != 'max' and isinstance(max_eps, (int, float)) and max_eps != 0:
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")
-    mu_dtype, mu_quantized = _storage('mu_dtype', mu_dtype, signed=True)
-    nu_dtype, nu_quantized = _storage('nu_dtype', nu_dtype, signed=False)
-    if second_moment == 'max' and isinstance(nu_quantized, factored.Factored):
+    mu_dtype, mu_spec = _storage('mu_dtype', mu_dtype, signed=True)
+    nu_dtype, nu_spec = _storage('nu_dtype', nu_dtype, signed=False)
+    if second_moment == 'max' and isinstance(nu_spec, factored.Factored):
         raise ValueError("nu_dtype=Factored(...) needs second_moment='square': a running max does not factor.")
 
-    def zeros(p, dtype, quantized, default):
-        if isinstance(quantized, factored.Factored) and quantized.applies_to(p):
-            return factored.zeros_like(p, quantized.min_dim_size_to_factor, compute_dtype(default))
-        if quantized is not None and quantized.applies_to(p):
-            return quantization.zeros_like(p, quantized)
-        if quantized is not None:  # too small to quantize or factor: full precision
+    def zeros(p, dtype, spec, default):
+        if isinstance(spec, factored.Factored) and spec.applies_to(p):
+            return factored.zeros_like(p, spec.min_dim_size_to_factor, compute_dtype(default))
+        if spec is not None and spec.applies_to(p):
+            return quantization.zeros_like(p, spec)
+        if spec is not None:  # too small to quantize or factor: full precision
             dtype = compute_dtype(default)
         return jnp.zeros_like(p, dtype=dtype or default)
 
@@ -222,8 +227,8 @@ def scale_by_moments(
         return np.dtype(np.float32) if dtype == np.dtype(np.float16) else dtype
 
     def init(params: optax.Params) -> MomentsState:
-        mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_quantized, p.dtype), params)
-        nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_quantized, nu_default(p.dtype)), params)
+        mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_spec, p.dtype), params)
+        nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_spec, nu_default(p.dtype)), params)
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def store(new, old):
@@ -252,12 +257,12 @@ def scale_by_moments(
 
     def update_nu(g, nu):
         if factored.is_factored(nu):
-            return nu.update(b2, _abs_sq(g.astype(compute_dtype(g.dtype))))
+            return nu.update(b2, abs_sq(g.astype(compute_dtype(g.dtype))))
         nu = quantization.dequantize(nu) if quantization.is_quantized(nu) else nu
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
             return jnp.maximum(jnp.abs(g).astype(cdt) + max_eps, b2 * nu.astype(cdt))
-        return _ema(b2, nu.astype(cdt), _abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
+        return _ema(b2, nu.astype(cdt), abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -274,12 +279,12 @@ def scale_by_moments(
         new_state = MomentsState(
             count=count,
             mu=jax.tree.map(store, mu, state.mu),
-            nu=jax.tree.map(store, nu, state.nu, is_leaf=_state_leaf),
+            nu=jax.tree.map(store, nu, state.nu, is_leaf=_compressed),
         )
         moments = Moments(
             grad=updates,
             mu=jax.tree.map(as_stored, mu, new_state.mu),
-            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=_state_leaf),
+            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=_compressed),
             count=count,
             b1=b1,
             b2=b2,

@@ -256,3 +256,34 @@ def test_quantized_update_runs_under_vmap():
     for i in range(3):
         one, _ = opt.update(batch[i], opt.init(batch[i]), batch[i])
         np.testing.assert_allclose(updates[i], one, rtol=1e-6)
+
+
+_SHARDED_STEP = """
+import jax, jax.numpy as jnp, optax, adam_jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((2,), ('d',))
+rows = NamedSharding(mesh, P('d'))
+params = {'w': jax.device_put(jnp.ones((64, 256)), rows)}
+opt = adam_jax.adam(1e-3, mu_dtype='int8', nu_dtype='uint8')
+state = opt.init(params)
+assert optax.tree.get(state, 'mu')['w'].codes.sharding.spec == P('d')  # codes follow the leaf
+# absmax: one per 256 elements of the row-major flattening; 32 rows per device = 32 whole blocks.
+state = jax.tree.map(lambda x: jax.device_put(x, rows) if x.ndim else x, state)
+step = jax.jit(lambda p, s: opt.update(jax.tree.map(lambda x: 0.1 * x, p), s, p))
+_, new = step(params, state)
+mu = optax.tree.get(new, 'mu')['w']
+assert mu.codes.sharding.spec[0] == 'd' and mu.absmax.sharding.spec[0] == 'd', (mu.codes.sharding, mu.absmax.sharding)
+hlo = step.lower(params, state).compile().as_text()
+assert not any(op in hlo for op in ('all-gather', 'all-to-all', 'collective-permute', 'all-reduce')), 'communication'
+print('OK')
+"""
+
+
+def test_codes_and_absmax_of_a_sharded_leaf_stay_sharded_without_communication():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+    out = subprocess.run([sys.executable, '-c', _SHARDED_STEP], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == 'OK', out.stderr[-3000:]
