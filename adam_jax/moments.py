@@ -178,11 +178,13 @@ def scale_by_moments(
     (Dettmers et al. 2021); the scale lives in the absmax, so small :math:`v`
     do not underflow either. Leaves with fewer than 4096 elements (and complex
     leaves) stay in float32 or wider. The stored moment is dequantized, updated
-    and requantized inside the step. Whatever the storage, the later stages see
-    the moments as stored, widened to float32 or wider (so the step uses the
-    state the next step will read, and XLA can update it in place), and
-    :math:`\epsilon` (e.g. ``1e-8``, below float16's range) is added in that
-    precision and never vanishes.
+    and requantized inside the step. With a low-precision float storage the
+    later stages see the moments as stored, widened to float32 or wider (so the
+    step uses the state the next step will read, and XLA can update it in
+    place); with 8-bit storage they see the float32 moment before it is
+    requantized (as in Dettmers et al.). Either way
+    :math:`\epsilon` (e.g. ``1e-8``, below float16's range) is added in float32 or wider
+    and never vanishes.
 
     Args:
       b1: decay rate of the first moment, in [0, 1).
