@@ -80,13 +80,16 @@ def test_8bit_adam_tracks_fp32_adam_within_bitsandbytes_bounds():
         return jax.tree.map(lambda q: q.dequantize(), optax.tree.get(state, moment), is_leaf=quantization.is_quantized)
 
     def body(carry, t):
-        p8, s8 = carry
+        p8, s8, s_free = carry
         s_ref = optax.tree.set(
             ref.init(p8), count=optax.tree.get(s8, 'count'), mu=dequantized(s8, 'mu'), nu=dequantized(s8, 'nu')
         )
         g = jax.tree.map(lambda p: 0.01 * jax.random.normal(jax.random.fold_in(key, 100 + t), p.shape), p8)
         u, s_ref = ref.update(g, s_ref, p8)
         p_ref = optax.apply_updates(p8, u)
+        # A stronger check than bitsandbytes': an fp32 state that is never reset to the 8-bit one.
+        u, s_free = ref.update(g, s_free, p8)
+        p_free = optax.apply_updates(p8, u)
         u, s8 = ours.update(g, s8, p8)
         p8 = optax.apply_updates(p8, u)
         stats = {}
@@ -99,9 +102,17 @@ def test_8bit_adam_tracks_fp32_adam_within_bitsandbytes_bounds():
         err = jax.tree.map(lambda a, b: jnp.abs(a - b), p8, p_ref)
         stats['err'] = jax.tree.map(jnp.mean, err)
         stats['relerr'] = jax.tree.map(lambda e, b: jnp.mean(e / (jnp.abs(b) + 1e-9)), err, p_ref)
-        return (p8, s8), stats
+        stats['free_err'] = jax.tree.map(lambda a, b: jnp.mean(jnp.abs(a - b)), p8, p_free)
+        stats['free_mismatch'] = jax.tree.map(
+            lambda a, b: jnp.sum(~jnp.isclose(a.dequantize(), b, atol=3e-3, rtol=1e-3)),
+            optax.tree.get(s8, 'mu'),
+            optax.tree.get(s_free, 'mu'),
+            is_leaf=quantization.is_quantized,
+        )
+        return (p8, s8, s_free), stats
 
-    (_, s8), stats = jax.jit(lambda p: jax.lax.scan(body, (p, ours.init(p)), jnp.arange(50)))(params)
+    scan = jax.jit(lambda p: jax.lax.scan(body, (p, ours.init(p), ref.init(p)), jnp.arange(50)))
+    (_, s8, _), stats = scan(params)
     for name in params:
         for moment in ('mu', 'nu'):
             assert isinstance(optax.tree.get(s8, moment)[name], QuantizedArray)  # really quantized
@@ -110,6 +121,8 @@ def test_8bit_adam_tracks_fp32_adam_within_bitsandbytes_bounds():
             assert float(np.max(stats[moment + '_max_err'][name])) < 0.01, (name, moment)
         assert float(np.max(stats['err'][name])) < 6e-5, name
         assert float(np.max(stats['relerr'][name])) < 6e-4, name
+        assert float(np.max(stats['free_err'][name])) < 6e-5, name
+        assert int(np.max(stats['free_mismatch'][name])) < 20, name
 
 
 def test_save_and_restore_in_the_middle_of_training_is_bitwise(tmp_path):
