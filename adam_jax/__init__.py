@@ -8,6 +8,7 @@ from adam_jax.memory import StateBytes, state_nbytes
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.normalize import scale_by_rms
 from adam_jax.quantization import BlockQuantized, QuantizedArray
+from adam_jax.sharding import state_shardings, zero1_shardings
 
 __version__ = '0.1.0'
 
@@ -30,4 +31,6 @@ __all__ = [
     'scale_by_moments',
     'scale_by_rms',
     'state_nbytes',
+    'state_shardings',
+    'zero1_shardings',
 ]

@@ -26,6 +26,7 @@ import optax
 
 from adam_jax import _checks, factored, quantization
 from adam_jax._tree import abs_sq, check_same_structure, compute_dtype, real_dtype
+from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max')
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -231,7 +232,7 @@ def scale_by_moments(
     def init(params: optax.Params) -> MomentsState:
         mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_spec, p.dtype), params)
         nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_spec, nu_default(p.dtype)), params)
-        return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+        return MomentsState(count=replicated_zero(params, jnp.int32), mu=mu, nu=nu)
 
     def store(new, old):
         if factored.is_factored(old):
