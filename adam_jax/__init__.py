@@ -3,6 +3,7 @@
 from adam_jax import presets, problems
 from adam_jax.aliases import (
     adabelief,
+    adafactor,
     adam,
     adamax,
     adamaxw,
@@ -18,9 +19,12 @@ from adam_jax.aliases import (
 from adam_jax.averaging import TemporalAverageState, averaged_params, temporal_average
 from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
+from adam_jax.factored import Factored, FactoredMoment, scale_by_factored_rms
+from adam_jax.memory import StateBytes, state_nbytes
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.nonfinite import SkipNonfiniteState, skip_nonfinite
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
+from adam_jax.quantization import BlockQuantized, QuantizedArray
 from adam_jax.sharding import state_shardings, zero1_shardings
 from adam_jax.sign import SignMomentumState, scale_by_sign_momentum
 from adam_jax.trust_ratio import trust_ratio
@@ -28,14 +32,20 @@ from adam_jax.trust_ratio import trust_ratio
 __version__ = '0.1.0'
 
 __all__ = [
+    'BlockQuantized',
+    'Factored',
+    'FactoredMoment',
     'MaxSecondMomentState',
     'Moments',
     'MomentsState',
     'NesterovState',
+    'QuantizedArray',
     'SignMomentumState',
     'SkipNonfiniteState',
+    'StateBytes',
     'TemporalAverageState',
     'adabelief',
+    'adafactor',
     'adam',
     'adamax',
     'adamaxw',
@@ -54,11 +64,13 @@ __all__ = [
     'presets',
     'problems',
     'radam',
+    'scale_by_factored_rms',
     'scale_by_moments',
     'scale_by_rectified_rms',
     'scale_by_rms',
     'scale_by_sign_momentum',
     'skip_nonfinite',
+    'state_nbytes',
     'state_shardings',
     'temporal_average',
     'trust_ratio',

@@ -26,6 +26,11 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
     return np.dtype(jnp.result_type(*dtypes, jnp.float32))
 
 
+def abs_sq(g: Any) -> Any:
+    """|g|**2, real for complex g."""
+    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+
+
 def first_difference(a: Any, b: Any) -> str:
     """A readable description of where two pytree structures first differ."""
     paths_a = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(a)[0]]
@@ -39,9 +44,9 @@ def first_difference(a: Any, b: Any) -> str:
     return f'same leaf paths but different node types: {jax.tree.structure(a)} vs {jax.tree.structure(b)}'
 
 
-def check_same_structure(name_a: str, a: Any, name_b: str, b: Any) -> None:
+def check_same_structure(name_a: str, a: Any, name_b: str, b: Any, is_leaf: Any = is_none) -> None:
     """Raises ``ValueError`` naming the first differing path if the trees differ."""
-    if jax.tree.structure(a, is_leaf=is_none) != jax.tree.structure(b, is_leaf=is_none):
+    if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):
         raise ValueError(
             f'{name_a} and {name_b} have different tree structures ({first_difference(a, b)}). '
             'Was the optimizer state built with init() on parameters of this shape?'

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import chex
+import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
 from adam_jax.correction import bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
+from adam_jax.factored import scale_by_factored_rms
 from adam_jax.moments import scale_by_moments
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
 from adam_jax.sign import scale_by_sign_momentum
@@ -418,3 +420,56 @@ def adamaxw(
         decoupled_decay(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+def adafactor(
+    learning_rate: ScalarOrSchedule | None = None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: chex.Numeric = 0.8,
+    decay_offset: chex.Numeric = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: chex.Numeric | None = 1.0,
+    momentum: chex.Numeric | None = None,
+    dtype_momentum: Any = jnp.float32,
+    weight_decay_rate: ScalarOrSchedule | None = None,
+    eps: chex.Numeric = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adafactor (Shazeer & Stern 2018, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost").
+
+    .. math::
+
+       \hat\beta_{2,t} = 1 - t^{-0.8}, \quad
+       \hat V_t = \frac{R_t C_t}{\mathrm{mean}(R_t)}, \quad
+       U_t = \frac{G_t}{\sqrt{\hat V_t}}, \quad
+       \hat U_t = \frac{U_t}{\max(1, \mathrm{RMS}(U_t)/d)}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\, \hat U_t
+
+    Chain: :func:`adam_jax.factored.scale_by_factored_rms` ``->
+    optax.clip_by_block_rms(d) -> [scale by learning_rate] ->
+    optax.scale_by_param_block_rms() -> [optax.ema(momentum)] ->
+    [optax.add_decayed_weights] -> optax.scale(-1)``; the arguments and
+    defaults are optax's, and the result equals ``optax.adafactor``. With
+    ``learning_rate=None`` the step is :math:`\max(\epsilon_2,
+    \mathrm{RMS}(\theta))\hat U_t` alone (the paper's relative step size
+    without its :math:`\min(10^{-2}, 1/\sqrt t)` schedule, as in optax).
+    """
+    if learning_rate is not None:
+        _checks.check_learning_rate(learning_rate)
+    _checks.check_nonnegative('eps', eps)
+    if momentum is not None:
+        _checks.check_decay('momentum', momentum)
+    tx = [scale_by_factored_rms(decay_rate, decay_offset, min_dim_size_to_factor, eps, factored)]
+    if clipping_threshold is not None:
+        tx.append(optax.clip_by_block_rms(clipping_threshold))
+    if learning_rate is not None:
+        tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if multiply_by_parameter_scale:
+        tx.append(optax.scale_by_param_block_rms())
+    if momentum is not None:
+        tx.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+    if weight_decay_rate is not None:
+        tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+    tx.append(optax.scale(-1))
+    return optax.chain(*tx)

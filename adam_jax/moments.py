@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from adam_jax import _checks
-from adam_jax._tree import check_inexact_leaves, check_same_structure, compute_dtype, real_dtype
+from adam_jax import _checks, factored, quantization
+from adam_jax._tree import abs_sq, check_inexact_leaves, check_same_structure, compute_dtype, real_dtype
 from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max', 'belief')
@@ -109,7 +110,7 @@ def default_nu_dtype(param_dtype: Any) -> jnp.dtype:
     float16 (5 exponent bits) rounds :math:`(1-\beta_2) g^2` to zero for :math:`|g| \lesssim 5 \cdot 10^{-3}`
     (with :math:`\beta_2 = 0.999`), and a decaying :math:`v` reaches zero the same way. A zero :math:`v`
     under a non-zero :math:`m` makes :math:`m / (\sqrt{v} + \epsilon)` overflow to inf (optax issue #1754).
-    bfloat16 has float32's exponent range and keeps its own dtype. Pass ``nu_dtype=jnp.float16`` to opt out.
+    bfloat16 has float32's exponent range and keeps its own dtype. ``nu_dtype=float16`` is refused.
     """
     dtype = real_dtype(param_dtype)
     return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
@@ -119,8 +120,38 @@ def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
     return (1 - decay) * new + decay * old
 
 
-def _abs_sq(g: chex.Array) -> chex.Array:
-    return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+def _compressed(x: Any) -> bool:
+    """A moment stored as a pytree of its own (quantized or factored): one leaf of the params tree."""
+    return quantization.is_quantized(x) or factored.is_factored(x)
+
+
+def _state_leaf(x: Any) -> bool:
+    return x is None or _compressed(x)
+
+
+def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
+    """A moment's storage: a float dtype, an 8-bit block-wise spec (:mod:`adam_jax.quantization`)
+    or, for the second moment, a factored one (:mod:`adam_jax.factored`)."""
+    if isinstance(value, factored.Factored):
+        if signed:
+            raise ValueError(f'{name}=Factored(...) is for the second moment only (nu_dtype).')
+        return None, value
+    spec = quantization.as_spec(name, value)
+    if spec is not None:
+        if spec.signed != signed:
+            want = "'int8' (signed map)" if signed else "'uint8' (unsigned map)"
+            raise ValueError(f'{name}={value!r} does not fit this moment; use {want}.')
+        return None, spec
+    if value is None:
+        return None, None
+    dtype = real_dtype(value) if not signed else np.dtype(value)
+    if not signed and dtype == np.dtype(np.float16):
+        raise ValueError(
+            f'{name}=float16 cannot hold the second moment: v ~ g**2 flushes to zero for |g| < 2.4e-4, '
+            "and then the step divides by eps alone. Use 'bfloat16' (float32's exponent range), "
+            "'uint8' (8-bit, scaled per block) or float32."
+        )
+    return dtype, None
 
 
 def scale_by_moments(
@@ -156,11 +187,36 @@ def scale_by_moments(
     naming their path: exclude them with ``optax.masked`` or
     ``optax.multi_transform`` (``optax.set_to_zero()`` for that group).
 
+    Lean state. ``'bfloat16'`` halves the state: bfloat16 has float32's
+    exponent range, so :math:`v \approx g^2` underflows only where float32's
+    would. float16 cannot hold :math:`v` (it flushes to zero below
+    :math:`6 \cdot 10^{-8}`, i.e. for :math:`|g| < 2.4 \cdot 10^{-4}`, and the
+    step would then divide by :math:`\epsilon` alone): ``nu_dtype=float16`` is
+    refused, and for float16 parameters the default ``nu`` is float32 (float16
+    ``mu`` is allowed: where it underflows the step is merely zero). ``'int8'``
+    (for ``mu``) and ``'uint8'`` (for ``nu``), or a
+    :class:`~adam_jax.quantization.BlockQuantized` spec, store the moment in 8
+    bits, block-wise quantized with a float32 absmax per block of 256 elements
+    (Dettmers et al. 2021); the scale lives in the absmax, so small :math:`v`
+    do not underflow either. Leaves with fewer than 4096 elements (and complex
+    leaves) stay in float32 or wider. The stored moment is dequantized, updated
+    and requantized inside the step. With a low-precision float storage the
+    later stages see the moments as stored, widened to float32 or wider (so the
+    step uses the state the next step will read, and XLA can update it in
+    place); with 8-bit storage they see the float32 moment before it is
+    requantized (as in Dettmers et al.). Either way
+    :math:`\epsilon` (e.g. ``1e-8``, below float16's range) is added in float32 or wider
+    and never vanishes.
+
     Args:
       b1: decay rate of the first moment, in [0, 1).
       b2: decay rate of the second moment, in [0, 1).
-      mu_dtype: storage dtype of the first moment.
-      nu_dtype: storage dtype of the second moment.
+      mu_dtype: storage of the first moment: a float dtype, ``'int8'`` or a
+        signed ``BlockQuantized(...)`` (8-bit block-wise).
+      nu_dtype: storage of the second moment: a float dtype other than
+        float16, ``'uint8'``, an unsigned ``BlockQuantized(...)``, or
+        ``Factored(...)`` (row and column statistics, Shazeer & Stern 2018;
+        see :mod:`adam_jax.factored`).
       second_moment: ``'square'`` for Adam's :math:`v_t`, ``'max'`` for
         AdaMax's exponentially weighted infinity norm :math:`u_t`.
       max_eps: with ``second_moment='max'``, added to :math:`|g_t|` inside the
@@ -182,16 +238,45 @@ def scale_by_moments(
     _checks.check_nonnegative('belief_eps', belief_eps)
     if second_moment != 'belief' and isinstance(belief_eps, (int, float)) and belief_eps != 0:
         raise ValueError(f"belief_eps is only used with second_moment='belief', got belief_eps={belief_eps!r}.")
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-    nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
+    mu_dtype, mu_spec = _storage('mu_dtype', mu_dtype, signed=True)
+    nu_dtype, nu_spec = _storage('nu_dtype', nu_dtype, signed=False)
+    if second_moment != 'square' and isinstance(nu_spec, factored.Factored):
+        raise ValueError(
+            f"nu_dtype=Factored(...) needs second_moment='square', got second_moment={second_moment!r}: "
+            'only an EMA of squared gradients factors into row and column statistics.'
+        )
+
+    def zeros(p, dtype, spec, default):
+        if isinstance(spec, factored.Factored) and spec.applies_to(p):
+            return factored.zeros_like(p, spec.min_dim_size_to_factor, compute_dtype(default))
+        if spec is not None and spec.applies_to(p):
+            return quantization.zeros_like(p, spec)
+        if spec is not None:  # too small to quantize or factor: full precision
+            dtype = compute_dtype(default)
+        return jnp.zeros_like(p, dtype=dtype or default)
 
     def init(params: optax.Params) -> MomentsState:
         check_inexact_leaves('scale_by_moments', params)
-        mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
-        nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or default_nu_dtype(p.dtype)), params)
+        mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_spec, p.dtype), params)
+        nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_spec, default_nu_dtype(p.dtype)), params)
         return MomentsState(count=replicated_zero(params, jnp.int32), mu=mu, nu=nu)
 
+    def store(new, old):
+        if factored.is_factored(old):
+            return new
+        if quantization.is_quantized(old):
+            return quantization.requantize(new, old)
+        return new.astype(old.dtype)
+
+    def as_stored(new, stored):
+        if factored.is_factored(stored):
+            return stored.reconstruct()
+        if quantization.is_quantized(stored) or stored.dtype == new.dtype:
+            return new
+        return stored.astype(new.dtype)
+
     def update_mu(g, mu):
+        mu = quantization.dequantize(mu) if quantization.is_quantized(mu) else mu
         if jnp.iscomplexobj(g) and not jnp.iscomplexobj(mu):
             raise TypeError(
                 f'mu_dtype={mu.dtype} cannot hold the complex first moment of a {g.dtype} gradient '
@@ -201,12 +286,15 @@ def scale_by_moments(
         return _ema(b1, mu.astype(cdt), g.astype(cdt))
 
     def update_nu(g, nu, m):
+        if factored.is_factored(nu):
+            return nu.update(b2, abs_sq(g.astype(compute_dtype(g.dtype))))
+        nu = quantization.dequantize(nu) if quantization.is_quantized(nu) else nu
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
             return jnp.maximum(jnp.abs(g).astype(cdt) + max_eps, b2 * nu.astype(cdt))
         if second_moment == 'belief':  # the prediction error g_t - m_t instead of g_t
-            return _ema(b2, nu.astype(cdt), _abs_sq(g.astype(m.dtype) - m).astype(cdt)) + belief_eps
-        return _ema(b2, nu.astype(cdt), _abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
+            return _ema(b2, nu.astype(cdt), abs_sq(g.astype(m.dtype) - m).astype(cdt)) + belief_eps
+        return _ema(b2, nu.astype(cdt), abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -216,19 +304,19 @@ def scale_by_moments(
                 'so scale_by_moments must come first in it (after params-shaped pre-processing '
                 'such as optax.clip_by_global_norm).'
             )
-        check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu)
+        check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu, is_leaf=_state_leaf)
         count = saturating_increment(state.count)
         mu = jax.tree.map(update_mu, updates, state.mu)
         nu = jax.tree.map(update_nu, updates, state.nu, mu)
         new_state = MomentsState(
             count=count,
-            mu=jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu),
-            nu=jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu),
+            mu=jax.tree.map(store, mu, state.mu),
+            nu=jax.tree.map(store, nu, state.nu, is_leaf=_compressed),
         )
         moments = Moments(
             grad=updates,
-            mu=mu,
-            nu=nu,
+            mu=jax.tree.map(as_stored, mu, new_state.mu),
+            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=_compressed),
             count=count,
             b1=b1,
             b2=b2,

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax._tree import is_none
-from adam_jax.moments import _abs_sq, reject_moments
+from adam_jax._tree import abs_sq, is_none
+from adam_jax.moments import reject_moments
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(_abs_sq(x)))
+    return jnp.sqrt(jnp.sum(abs_sq(x)))
 
 
 def trust_ratio() -> optax.GradientTransformationExtraArgs:

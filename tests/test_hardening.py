@@ -55,10 +55,13 @@ def test_float16_with_small_gradients_stays_finite_where_float32_does():
     # Each step moves by about 1e-3, rounded to float16's spacing near 1 (4.9e-4): the runs drift apart a little.
     np.testing.assert_allclose(np.asarray(p16, np.float32), p32, atol=5e-3)
     assert float(jnp.min(1 - p32)) > 0.04
-    # The failure mode is real: v stored in float16 underflows to 0 under a non-zero m.
-    p_bad, s_bad = _small_then_zero_gradients(jnp.float16, adam_jax.adam(1e-3, nu_dtype=jnp.float16))
+    # The failure mode is real: optax.adam stores v in float16, where it underflows to 0 under a non-zero m.
+    p_bad, s_bad = _small_then_zero_gradients(jnp.float16, optax.adam(1e-3))
     assert float(optax.tree.get(s_bad, 'nu')[0]) == 0.0
     assert not bool(jnp.all(jnp.isfinite(p_bad)))
+    # ... and so asking adam_jax for float16 v is refused rather than silently unstable.
+    with pytest.raises(ValueError, match='nu_dtype=float16 cannot hold the second moment'):
+        adam_jax.adam(1e-3, nu_dtype=jnp.float16)
 
 
 def _is_moments(x):

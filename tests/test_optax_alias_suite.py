@@ -15,7 +15,20 @@ import pytest
 
 import adam_jax
 
-OURS = ('adabelief', 'adam', 'adamax', 'adamaxw', 'adamw', 'amsgrad', 'lamb', 'lion', 'nadam', 'nadamw', 'radam')
+OURS = (
+    'adabelief',
+    'adafactor',
+    'adam',
+    'adamax',
+    'adamaxw',
+    'adamw',
+    'amsgrad',
+    'lamb',
+    'lion',
+    'nadam',
+    'nadamw',
+    'radam',
+)
 
 
 def _load_alias_test():

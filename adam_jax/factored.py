@@ -1,0 +1,187 @@
+r"""Factored second moment (Shazeer & Stern 2018, "Adafactor: Adaptive Learning Rates with
+Sublinear Memory Cost", Algorithms 4 and 5).
+
+For a leaf of two or more dimensions, keep the moving averages of the row and
+column means of :math:`G_t^2` instead of a full :math:`V_t` (:math:`n + m`
+numbers instead of :math:`nm`), over its two largest axes:
+
+.. math::
+
+   R_t = \beta_{2} R_{t-1} + (1-\beta_{2})\,\mathrm{mean}_{\text{cols}}(G_t^2 + \epsilon_1), \qquad
+   C_t = \beta_{2} C_{t-1} + (1-\beta_{2})\,\mathrm{mean}_{\text{rows}}(G_t^2 + \epsilon_1)
+
+   \hat V_t = \frac{R_t\, C_t}{\mathrm{mean}(R_t)} .
+
+Two ways in: ``scale_by_moments(nu_dtype=Factored())`` gives any Adam-like
+optimizer a factored :math:`v` (its :math:`\beta_2` and bias correction apply:
+:math:`\hat V` is homogeneous of degree one in :math:`R, C`); and
+:func:`scale_by_factored_rms` is Adafactor's own normalisation with the decay
+schedule :math:`\hat\beta_{2,t} = 1 - t^{-0.8}`, used by :func:`adam_jax.adafactor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adam_jax._tree import abs_sq, real_dtype
+
+
+def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
+    """(second largest axis, largest axis), or None if the leaf is not factored.
+
+    A leaf is factored when it has two or more dimensions and its second
+    largest is at least ``min_dim_size_to_factor``.
+    """
+    if len(shape) < 2:
+        return None
+    second, largest = (int(i) for i in np.argsort(shape)[-2:])
+    if shape[second] < min_dim_size_to_factor:
+        return None
+    return second, largest
+
+
+@dataclasses.dataclass(frozen=True)
+class Factored:
+    """Pass as ``nu_dtype`` to store the second moment factored (Shazeer & Stern 2018).
+
+    Attributes:
+      min_dim_size_to_factor: a leaf of two or more dimensions is factored
+        when its second largest dimension is at least this (optax's default,
+        128); other leaves keep a full ``v`` in float32 or wider.
+    """
+
+    min_dim_size_to_factor: int = 128
+
+    def __post_init__(self):
+        value = self.min_dim_size_to_factor
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f'min_dim_size_to_factor must be a positive int, got {value!r}.')
+
+    def applies_to(self, leaf: Any) -> bool:
+        return factored_dims(tuple(leaf.shape), self.min_dim_size_to_factor) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class FactoredMoment:
+    r"""Row and column statistics :math:`R, C` standing for a second moment :math:`V`.
+
+    ``row`` is the mean over the largest axis (``axes[1]``), ``col`` the mean
+    over the second largest (``axes[0]``); both keep every other axis.
+    """
+
+    row: chex.Array
+    col: chex.Array
+    axes: tuple[int, int] = (0, 1)
+
+    def update(self, decay: chex.Numeric, sq: chex.Array) -> FactoredMoment:
+        """The moving averages after one more :math:`G^2` (computed in ``row``'s dtype)."""
+        second, largest = self.axes
+        row = decay * self.row + (1 - decay) * jnp.mean(sq, axis=largest).astype(self.row.dtype)
+        col = decay * self.col + (1 - decay) * jnp.mean(sq, axis=second).astype(self.col.dtype)
+        return FactoredMoment(row.astype(self.row.dtype), col.astype(self.col.dtype), self.axes)
+
+    def reconstruct(self) -> jax.Array:
+        r""":math:`\hat V = R\,C / \mathrm{mean}(R)`, broadcast back to the leaf's shape."""
+        second, largest = self.axes
+        row_axis = second if second < largest else second - 1  # position of `second` in row
+        row_mean = jnp.mean(self.row, axis=row_axis, keepdims=True)
+        return jnp.expand_dims(self.row / row_mean, largest) * jnp.expand_dims(self.col, second)
+
+
+jax.tree_util.register_dataclass(FactoredMoment, data_fields=['row', 'col'], meta_fields=['axes'])
+
+
+def is_factored(x: Any) -> bool:
+    return isinstance(x, FactoredMoment)
+
+
+def zeros_like(leaf: Any, min_dim_size_to_factor: int, dtype: Any) -> FactoredMoment:
+    """Zero statistics for ``leaf`` (which must be factorable)."""
+    axes = factored_dims(tuple(leaf.shape), min_dim_size_to_factor)
+    assert axes is not None
+    second, largest = axes
+    shape = tuple(leaf.shape)
+    row_shape = shape[:largest] + shape[largest + 1 :]
+    col_shape = shape[:second] + shape[second + 1 :]
+    return FactoredMoment(jnp.zeros(row_shape, dtype), jnp.zeros(col_shape, dtype), axes)
+
+
+def decay_rate_pow(step: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:
+    r"""Adafactor's schedule :math:`\hat\beta_{2,t} = 1 - t^{-c}` (Shazeer & Stern 2018, Sec. 7.2), t from 1."""
+    return 1.0 - jnp.asarray(step + 1, jnp.float32) ** (-exponent)
+
+
+class FactoredRmsState(NamedTuple):
+    """State of :func:`scale_by_factored_rms`: ``nu`` leaves are :class:`FactoredMoment` or full arrays."""
+
+    count: chex.Array
+    nu: optax.Updates
+
+
+def scale_by_factored_rms(
+    decay_rate: chex.Numeric = 0.8,
+    decay_offset: chex.Numeric = 0,
+    min_dim_size_to_factor: int = 128,
+    eps: chex.Numeric = 1e-30,
+    factored: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adafactor's update direction :math:`G_t / \sqrt{\hat V_t}` (Shazeer & Stern 2018, Alg. 4, 5).
+
+    .. math::
+
+       \hat\beta_{2,t} = 1 - (t - t_0)^{-c}, \qquad
+       \hat V_t = \frac{R_t C_t}{\mathrm{mean}(R_t)} \ \text{(factored leaves)}, \qquad
+       U_t = G_t / \sqrt{\hat V_t}
+
+    with :math:`R_t, C_t` the moving averages (decay :math:`\hat\beta_{2,t}`)
+    of the row and column means of :math:`G_t^2 + \epsilon_1`; leaves that are
+    not factored keep the full :math:`V_t`. At :math:`t = 1`,
+    :math:`\hat\beta_{2,1} = 0`, so no bias correction is needed.
+
+    Args:
+      decay_rate: the exponent :math:`c` of the decay schedule (0.8).
+      decay_offset: :math:`t_0`, the step at which fine-tuning started.
+      min_dim_size_to_factor: factor a leaf only if its second largest
+        dimension is at least this.
+      eps: :math:`\epsilon_1`, added to :math:`G_t^2`.
+      factored: ``False`` keeps a full :math:`V_t` for every leaf.
+    """
+
+    def init(params):
+        def one(p):
+            dtype = real_dtype(p.dtype)
+            if factored and factored_dims(tuple(p.shape), min_dim_size_to_factor) is not None:
+                return zeros_like(p, min_dim_size_to_factor, dtype)
+            return jnp.zeros(p.shape, dtype)
+
+        return FactoredRmsState(count=jnp.zeros([], jnp.int32), nu=jax.tree.map(one, params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        decay = decay_rate_pow(state.count - decay_offset, decay_rate)
+
+        def one(g, nu):
+            sq = abs_sq(g) + eps
+            if is_factored(nu):
+                nu = nu.update(decay, sq)
+                v = nu.reconstruct()
+            else:
+                nu = (decay * nu + (1 - decay) * sq).astype(nu.dtype)
+                v = nu
+            return (g * v ** (-0.5)).astype(g.dtype), nu
+
+        out = jax.tree.map(one, updates, state.nu)
+        treedef = jax.tree.structure(updates)
+        pairs = treedef.flatten_up_to(out)
+        new_updates = treedef.unflatten([u for u, _ in pairs])
+        new_nu = treedef.unflatten([n for _, n in pairs])
+        return new_updates, FactoredRmsState(count=optax.safe_increment(state.count), nu=new_nu)
+
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -1,0 +1,97 @@
+"""Lean optimizer state: bytes and step time of fp32, bf16 and 8-bit Adam state.
+
+Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--rounds 15]``.
+
+Configurations are interleaved in rounds (one timed step of each per round, after a
+warm-up) so that drift on a shared machine hits them alike; steps are jitted with
+params and state donated. Prints a markdown table of medians and ratios to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import adam_jax
+
+CONFIGS = {
+    'fp32 (adam_jax)': dict(),
+    'bf16 (adam_jax)': dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+    '8-bit (adam_jax)': dict(mu_dtype='int8', nu_dtype='uint8'),
+    '8-bit m, factored v (adam_jax)': dict(mu_dtype='int8', nu_dtype=adam_jax.Factored()),
+    'fp32 (optax)': None,
+    'bf16 mu (optax)': 'optax_bf16',
+}
+
+
+def make_opt(config):
+    if config is None:
+        return optax.adam(1e-3)
+    if config == 'optax_bf16':
+        return optax.adam(1e-3, mu_dtype=jnp.bfloat16)
+    return adam_jax.adam(1e-3, **config)
+
+
+def make_params(n_params: int, n_leaves: int):
+    cols = 1024
+    rows = max(1, n_params // (n_leaves * cols))
+    return {f'w{i}': jnp.full((rows, cols), 0.01 * (i + 1), jnp.float32) for i in range(n_leaves)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--params', type=int, default=16 * 2**20)
+    parser.add_argument('--leaves', type=int, default=16)
+    parser.add_argument('--rounds', type=int, default=15)
+    args = parser.parse_args()
+
+    params0 = make_params(args.params, args.leaves)
+    n = sum(p.size for p in jax.tree.leaves(params0))
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params0)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params0)
+
+    runs = {}
+    for name, config in CONFIGS.items():
+        opt = make_opt(config)
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(params, state, grads, opt=opt):
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = jax.tree.map(jnp.copy, params0)
+        state = opt.init(params)
+        for _ in range(3):  # compile and warm up
+            params, state = step(params, state, grads)
+        jax.block_until_ready((params, state))
+        nbytes = adam_jax.state_nbytes(jax.eval_shape(opt.init, abstract)).total
+        runs[name] = dict(step=step, params=params, state=state, times=[], nbytes=nbytes)
+
+    for _ in range(args.rounds):
+        for run in runs.values():
+            t0 = time.perf_counter()
+            run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
+            jax.block_until_ready((run['params'], run['state']))
+            run['times'].append(time.perf_counter() - t0)
+
+    base = runs['fp32 (adam_jax)']
+    base_t = statistics.median(base['times'])
+    print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {jax.devices()[0]}\n')
+    print('| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) |')
+    print('|---|---:|---:|---:|---:|')
+    for name, run in runs.items():
+        t = statistics.median(run['times'])
+        print(
+            f'| {name} | {run["nbytes"] / 2**20:.1f} MiB | {run["nbytes"] / base["nbytes"]:.3f}x '
+            f'| {t * 1e3:.1f} | {t / base_t:.2f}x |'
+        )
+
+
+if __name__ == '__main__':
+    main()
