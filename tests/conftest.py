@@ -31,3 +31,10 @@ def mixed_tree(dtype=jnp.float32, seed=0):
 def noisy_quadratic_grad(params, step):
     """Gradient of sum(0.5 * p**2) plus a deterministic wobble that changes sign."""
     return jax.tree.map(lambda p: p + 0.5 * jnp.sin(3.0 * p + 0.1 * step), params)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says in the test log (also under -q) whether the fused kernel was built or the pure-XLA fallback ran."""
+    from adam_jax import fused
+
+    terminalreporter.write_line(f'adam_jax.fused: {fused.status()}')

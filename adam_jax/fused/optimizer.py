@@ -135,7 +135,9 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask) -> FusedTra
         moments = state[0][0]
         flags = decay_flags(params)
         same = jax.tree.structure(params) == jax.tree.structure(grads) == jax.tree.structure(moments.mu)
-        if not (_library.available() and flags is not None and same and _all_float32(params, grads, moments.mu, moments.nu)):
+        if not (
+            _library.available() and flags is not None and same and _all_float32(params, grads, moments.mu, moments.nu)
+        ):
             return chain_step(params, grads, state)
         return jax.lax.platform_dependent(
             params,
