@@ -178,6 +178,7 @@ def adamw(
     b2: chex.Numeric = 0.999,
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
+    *,
     weight_decay: chex.Numeric = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> FusedTransformation:
@@ -188,7 +189,9 @@ def adamw(
        \theta_t = \theta_{t-1} - \alpha_t \left(\frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
        + \lambda \theta_{t-1}\right)
 
-    A ``mask`` of Python booleans (or a function of the params returning one) splits the leaves into a
-    decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain.
+    ``weight_decay`` and ``mask`` are keyword-only (positionally, :func:`adam_jax.adamw` has ``mu_dtype``
+    there; the kernel is float32 only). A ``mask`` of Python booleans (or a function of the params
+    returning one) splits the leaves into a decayed and an undecayed call; a mask of arrays makes
+    ``step`` use the composed chain.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)
