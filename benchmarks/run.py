@@ -267,34 +267,41 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     with_torch = torch_available() and not args.no_torch
     spec = MODES[args.mode]
-    rows = []
-    for n in spec['sizes']:
-        for leaves in spec['leaves']:
-            rows += measure(n, leaves, args.mode, with_torch)
-            for r in rows:
-                if r['params'] == n and r['leaves'] == leaves:
-                    print(
-                        f'{n / 2**20:5g}M {leaves:5d} {r["impl"]:15s} {r["step_ms"]:8.2f} ms  '
-                        f'{_ratio(r["vs_optax"]):>6s} optax  {_ratio(r["vs_torch"]):>6s} torch  '
-                        f'first call {r["first_call_s"]:.2f} s',
-                        flush=True,
-                    )
-    kernel = next((r['note'] for r in rows if r['impl'] == 'adam_jax'), '')
-    meta = dict(
-        mode=args.mode,
-        date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-        cpu=platform.processor() or platform.machine(),
-        cores=os.cpu_count(),
-        samples=spec['rounds'] * spec['steps'],
-        command='python -m benchmarks.run' + ('' if args.mode == 'full' else f' --{args.mode}'),
-        kernel=kernel,
-        torch=with_torch,
-    )
     stem = 'results' if args.mode == 'full' else f'results-{args.mode}'
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f'{stem}.json').write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + '\n')
-    table = markdown(rows, meta)
-    (args.out / f'{stem}.md').write_text(table)
+    rows: list[dict] = []
+
+    def write(complete: bool) -> tuple[dict, str]:
+        """Rewritten after every configuration, so an interrupted run keeps what it measured."""
+        meta = dict(
+            mode=args.mode,
+            complete=complete,
+            date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+            cpu=platform.processor() or platform.machine(),
+            cores=os.cpu_count(),
+            samples=spec['rounds'] * spec['steps'],
+            command='python -m benchmarks.run' + ('' if args.mode == 'full' else f' --{args.mode}'),
+            kernel=next((r['note'] for r in rows if r['impl'] == 'adam_jax'), ''),
+            torch=with_torch,
+        )
+        (args.out / f'{stem}.json').write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + '\n')
+        table = markdown(rows, meta)
+        (args.out / f'{stem}.md').write_text(table)
+        return meta, table
+
+    for n in spec['sizes']:
+        for leaves in spec['leaves']:
+            new = measure(n, leaves, args.mode, with_torch)
+            rows += new
+            write(complete=False)
+            for r in new:
+                print(
+                    f'{n / 2**20:5g}M {leaves:5d} {r["impl"]:15s} {r["step_ms"]:8.2f} ms  '
+                    f'{_ratio(r["vs_optax"])} optax  {_ratio(r["vs_torch"])} torch  '
+                    f'first call {r["first_call_s"]:.2f} s',
+                    flush=True,
+                )
+    meta, table = write(complete=True)
     print(table)
     return dict(meta=meta, rows=rows)
 
