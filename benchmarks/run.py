@@ -236,7 +236,8 @@ def _ratio(x: float | None) -> str:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        f'Adam step, float32, median of {meta["samples"]} interleaved steps per row ({meta["mode"]} mode, '
+        ('' if meta['complete'] else 'Partial run (interrupted). ')
+        + f'Adam step, float32, median of {meta["samples"]} interleaved steps per row ({meta["mode"]} mode, '
         f'{meta["date"]}, {meta["cpu"]}, {meta["cores"]} cores). Command: `{meta["command"]}`.',
         '',
         '| params | leaves | implementation | step ms | vs optax | vs torch | best ms | GB/s (28 B/param) '
