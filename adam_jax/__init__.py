@@ -6,6 +6,7 @@ from adam_jax.decay import decoupled_decay
 from adam_jax.fused import FusedTransformation
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.normalize import scale_by_rms
+from adam_jax.sharding import state_shardings, zero1_shardings
 from adam_jax.train_step import make_train_step
 
 __version__ = '0.1.0'
@@ -23,4 +24,6 @@ __all__ = [
     'make_train_step',
     'scale_by_moments',
     'scale_by_rms',
+    'state_shardings',
+    'zero1_shardings',
 ]

@@ -25,6 +25,7 @@ import optax
 
 from adam_jax import _checks
 from adam_jax._tree import check_same_structure, compute_dtype, real_dtype
+from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max')
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -160,7 +161,7 @@ def scale_by_moments(
     def init(params: optax.Params) -> MomentsState:
         mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params)
         nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or real_dtype(p.dtype)), params)
-        return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+        return MomentsState(count=replicated_zero(params, jnp.int32), mu=mu, nu=nu)
 
     def update_mu(g, mu):
         if jnp.iscomplexobj(g) and not jnp.iscomplexobj(mu):

@@ -1,6 +1,11 @@
-"""Shared fixtures: float64 on demand, and a mixed parameter tree."""
+"""Shared fixtures: float64 on demand, a mixed parameter tree, and results computed once per session."""
 
 from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +36,23 @@ def mixed_tree(dtype=jnp.float32, seed=0):
 def noisy_quadratic_grad(params, step):
     """Gradient of sum(0.5 * p**2) plus a deterministic wobble that changes sign."""
     return jax.tree.map(lambda p: p + 0.5 * jnp.sin(3.0 * p + 0.1 * step), params)
+
+
+def once_per_session(tmp_path_factory, name: str, produce: Callable[[], dict]) -> dict:
+    """``produce()`` run once per pytest session, even across xdist workers (which share it via a locked file).
+
+    For expensive subprocess runs that several tests assert on; the result must be JSON.
+    """
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        return produce()
+    path = tmp_path_factory.getbasetemp().parent / f'{name}.json'
+    with open(path.with_suffix('.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return json.loads(path.read_text())
+        result = produce()
+        path.write_text(json.dumps(result))
+        return result
 
 
 def pytest_terminal_summary(terminalreporter):

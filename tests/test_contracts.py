@@ -168,10 +168,12 @@ def test_complex_parameters_match_optax():
         return {'z': jnp.conj(jax.grad(lambda z: jnp.sum(jnp.abs(z - target) ** 2))(p['z']))}
 
     def run(opt):
-        p, s = params, opt.init(params)
-        for _ in range(600):
+        def body(carry, _):
+            p, s = carry
             u, s = opt.update(grad(p), s, p)
-            p = optax.apply_updates(p, u)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, _), _ = jax.jit(lambda p: jax.lax.scan(body, (p, opt.init(p)), length=600))(params)
         return p['z']
 
     got, want = run(adam_jax.adam(5e-2)), run(optax.adam(5e-2))

@@ -1,0 +1,206 @@
+r"""Where the optimizer state lives on a device mesh: following the params, or ZeRO-1 partitioned.
+
+Adam keeps two moments per parameter, so its state is twice the size of the model.
+By default the state follows the parameters: every moment leaf has its
+parameter's sharding (``init`` on sharded params gives that directly; under
+``jax.jit`` pass :func:`state_shardings` as ``out_shardings``), and the step
+count is replicated on the same mesh. With pure data parallelism the
+parameters, and so the state, are replicated on every device: per device
+
+.. math::
+
+   \text{bytes}_{\text{replicated}} = N (b_\theta + b_m + b_v).
+
+ZeRO stage 1 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward
+Training Trillion Parameter Models") partitions the optimizer state over the
+:math:`D` data-parallel devices while the parameters stay replicated:
+
+.. math::
+
+   \text{bytes}_{\text{ZeRO-1}} = N b_\theta + N (b_m + b_v) / D.
+
+:func:`zero1_shardings` returns such shardings; ``jax.jit`` with them as in/out
+shardings then updates each device's slice of the moments and all-gathers the
+update for the replicated parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from adam_jax import _checks
+
+
+def _named_sharding(x: Any) -> NamedSharding | None:
+    """The NamedSharding of an array, tracer or ShapeDtypeStruct, or None."""
+    if isinstance(x, jax.core.Tracer):
+        sharding = getattr(jax.typeof(x), 'sharding', None)
+    else:
+        sharding = getattr(x, 'sharding', None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def _scalar_sharding(leaf: Any) -> jax.sharding.Sharding | None:
+    """Where a scalar belongs next to ``leaf``: replicated on its mesh, or on its device if committed to one."""
+    if isinstance(leaf, jax.core.Tracer):  # carries an abstract mesh (empty outside a mesh context)
+        sharding = _named_sharding(leaf)
+        return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    # Arrays that jax may still move (uncommitted) leave the scalar on the default device too.
+    if not getattr(leaf, '_committed', True):
+        return None
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    return None
+
+
+def replicated_zero(params: Any, dtype: Any) -> jax.Array:
+    """A scalar zero placed where the params are: replicated on their mesh, or on their device.
+
+    A step count left uncommitted on the default device would come back from
+    the first jitted step committed to the params' devices, and the step would
+    compile a second time.
+    """
+    for leaf in jax.tree.leaves(params):
+        sharding = _scalar_sharding(leaf)
+        if sharding is not None:
+            return jax.lax.full((), 0, jnp.dtype(dtype), sharding=sharding)
+    return jnp.zeros([], dtype)
+
+
+def _sharding_of(x: Any) -> jax.sharding.Sharding:
+    sharding = getattr(x, 'sharding', None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            'state_shardings needs params whose leaves carry a sharding (a jax.Array, or a '
+            f'jax.ShapeDtypeStruct with sharding=...), got a leaf {x!r} without one.'
+        )
+    return sharding
+
+
+def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    raise ValueError(
+        'state_shardings needs params with a NamedSharding (on a mesh) or a SingleDeviceSharding, got '
+        f'{type(sharding).__name__}; device_put the params with a NamedSharding first.'
+    )
+
+
+def state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any:
+    """Shardings of ``optimizer``'s state that follow the parameters.
+
+    Every params-shaped leaf of the state (the moments, and any other
+    per-parameter buffer in the chain) gets the sharding of its parameter;
+    every other leaf (the step count) is replicated on the parameters' mesh.
+    Use it as ``out_shardings`` of a jitted ``init`` (``jax.jit(opt.init)``
+    alone does not follow the input shardings) and as in/out shardings of the
+    jitted step::
+
+        state_sh = adam_jax.state_shardings(opt, params)
+        state = jax.jit(opt.init, out_shardings=state_sh)(params)
+
+    Args:
+      optimizer: the transform whose state is meant.
+      params: the parameters: a tree of ``jax.Array`` or of
+        ``jax.ShapeDtypeStruct`` with ``sharding=...``.
+
+    Returns:
+      A tree of shardings with the structure of ``optimizer.init(params)``.
+    """
+    shardings = jax.tree.map(_sharding_of, params)
+    leaves = jax.tree.leaves(shardings)
+    if not leaves:
+        raise ValueError('state_shardings needs at least one parameter leaf, got an empty tree.')
+    replicated = _replicated(leaves[0])
+    return optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        jax.eval_shape(optimizer.init, params),
+        shardings,
+        transform_non_params=lambda _: replicated,
+    )
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpec:
+    shape = tuple(getattr(leaf, 'shape', ()))
+    base = _named_sharding(leaf)
+    spec = list(base.spec) if base is not None and base.mesh.axis_names == mesh.axis_names else []
+    spec += [None] * (len(shape) - len(spec))
+    if math.prod(shape) < min_size or any(axis in _axes(entry) for entry in spec):
+        return _normal_form(spec, mesh)
+    size = mesh.shape[axis]
+    best, best_len = None, 0
+    for d, n in enumerate(shape):
+        already = math.prod(mesh.shape[a] for a in _axes(spec[d]))
+        local = n // already
+        if n % (already * size) == 0 and local > best_len:
+            best, best_len = d, local
+    if best is not None:
+        spec[best] = _axes(spec[best]) + (axis,) if spec[best] is not None else axis
+    return _normal_form(spec, mesh)
+
+
+def _normal_form(spec: list, mesh: Mesh) -> PartitionSpec:
+    # P('data', None) and P('data') place data alike, but jit's cache tells them apart: use the form
+    # jit gives back (one entry per dimension with explicit mesh axes, no trailing None with auto ones).
+    if not mesh.are_all_axes_explicit:
+        while spec and spec[-1] is None:
+            spec.pop()
+    return PartitionSpec(*spec)
+
+
+def zero1_shardings(abstract_state: Any, mesh: Mesh, axis: str, *, min_size: int = 1024) -> Any:
+    r"""ZeRO stage 1: shardings that partition every state leaf over the mesh axis ``axis``.
+
+    Each leaf is split along its largest dimension that the axis divides (a
+    leaf already sharded over other mesh axes keeps that sharding and adds
+    ``axis`` to it); leaves with fewer than ``min_size`` elements, scalars (the
+    step count) and leaves with no divisible dimension stay replicated. With
+    the parameters replicated and these shardings for the state, per device
+
+    .. math::
+
+       \text{bytes} = N b_\theta + N (b_m + b_v) / |\text{axis}|
+
+    instead of :math:`N (b_\theta + b_m + b_v)` (Rajbhandari et al. 2020).
+    Use them as in/out shardings of the jitted step::
+
+        abstract = jax.eval_shape(opt.init, params)
+        state_sh = adam_jax.zero1_shardings(abstract, mesh, 'data')
+        state = jax.jit(opt.init, out_shardings=state_sh)(params)
+        step = jax.jit(train_step, in_shardings=(params_sh, state_sh, batch_sh),
+                       out_shardings=(params_sh, state_sh))
+
+    Args:
+      abstract_state: the state, or its ``jax.eval_shape`` (leaves with
+        ``.shape``; a leaf's ``NamedSharding`` on ``mesh``, if it has one, is
+        kept and extended).
+      mesh: the device mesh.
+      axis: the data-parallel mesh axis to partition over.
+      min_size: leaves with fewer elements stay replicated (the collective
+        costs more than the memory saved).
+
+    Returns:
+      A tree of ``NamedSharding`` with the structure of ``abstract_state``.
+    """
+    if axis not in mesh.axis_names:
+        raise ValueError(f'axis must be one of the mesh axes {tuple(mesh.axis_names)}, got {axis!r}.')
+    _checks.check_nonnegative('min_size', min_size)
+    return jax.tree.map(lambda leaf: NamedSharding(mesh, _zero1_spec(leaf, mesh, axis, min_size)), abstract_state)
