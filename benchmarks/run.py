@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (~10 min on 2 cores)
+    python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (40 min on a busy 2-core box)
     python -m benchmarks.run --quick    # 16M params in 1 and 1000 leaves (the acceptance cases, < 3 min)
     python -m benchmarks.run --smoke    # 256K params in 10 leaves, 2 rounds (what the test runs)
 
