@@ -38,7 +38,8 @@ class BuildKernel(build_ext):
             super().build_extension(ext)
         except Exception as error:  # noqa: BLE001 - any failure leaves the pure-XLA path
             print(
-                f'adam_jax: the fused kernel was not built ({error}); adam_jax will use the composed chain in pure XLA.',
+                f'adam_jax: the fused kernel was not built ({error}); '
+                'adam_jax will use the composed chain in pure XLA.',
                 file=sys.stderr,
             )
 
