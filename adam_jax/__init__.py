@@ -20,6 +20,7 @@ from adam_jax.averaging import TemporalAverageState, averaged_params, temporal_a
 from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.factored import Factored, FactoredMoment, scale_by_factored_rms
+from adam_jax.fused import FusedTransformation
 from adam_jax.memory import StateBytes, state_nbytes
 from adam_jax.moments import Moments, MomentsState, scale_by_moments
 from adam_jax.nonfinite import SkipNonfiniteState, skip_nonfinite
@@ -27,6 +28,7 @@ from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
 from adam_jax.quantization import BlockQuantized, QuantizedArray
 from adam_jax.sharding import state_shardings, zero1_shardings
 from adam_jax.sign import SignMomentumState, scale_by_sign_momentum
+from adam_jax.train_step import make_train_step
 from adam_jax.trust_ratio import trust_ratio
 
 __version__ = '0.1.0'
@@ -36,6 +38,7 @@ __all__ = [
     'Factored',
     'FactoredMoment',
     'MaxSecondMomentState',
+    'FusedTransformation',
     'Moments',
     'MomentsState',
     'NesterovState',
@@ -57,6 +60,7 @@ __all__ = [
     'lamb',
     'lion',
     'loshchilov_hutter_adamw',
+    'make_train_step',
     'max_second_moment',
     'nadam',
     'nadamw',

@@ -53,3 +53,10 @@ def once_per_session(tmp_path_factory, name: str, produce: Callable[[], dict]) -
         result = produce()
         path.write_text(json.dumps(result))
         return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says in the test log (also under -q) whether the fused kernel was built or the pure-XLA fallback ran."""
+    from adam_jax import fused
+
+    terminalreporter.write_line(f'adam_jax.fused: {fused.status()}')

@@ -1,0 +1,197 @@
+r"""Adam and AdamW whose step can run as one fused pass over memory, in place.
+
+An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
+parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
+launches them for every leaf. :func:`adam` and :func:`adamw` here return the same optimizers as
+:func:`adam_jax.adam` and :func:`adam_jax.adamw` (their ``init`` and ``update`` *are* the composed
+chain, state included), plus a ``step(params, grads, state) -> (params, state)`` that applies the
+update too. On CPU, with every leaf float32 and the kernel built, ``step`` is one C++ call over all
+leaves that updates params and moments in the buffers it was given (donate them, see
+:func:`adam_jax.make_train_step`); anywhere else it is ``update`` followed by ``optax.apply_updates``.
+
+The kernel performs the chain's float32 operations in the chain's order, with no reassociation and no
+fused multiply-add, so its results are bitwise those of the chain (checked in the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adam_jax import aliases
+from adam_jax.fused import _library
+from adam_jax.moments import saturating_increment
+
+MAX_LEAVES_PER_CALL = 32  # compile time of one call grows faster than linearly in its operand count
+
+
+class FusedTransformation(NamedTuple):
+    """An optax transform (``init``, ``update``: the composed chain) with a fused ``step``.
+
+    ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to
+    ``update`` then ``optax.apply_updates``.
+    """
+
+    init: optax.TransformInitFn
+    update: optax.TransformUpdateExtraArgsFn
+    step: Callable[[optax.Params, optax.Updates, optax.OptState], tuple[optax.Params, optax.OptState]]
+
+
+def _f32(x: Any) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def _concrete_bools(tree: Any) -> list[bool] | None:
+    leaves = jax.tree.leaves(tree)
+    if all(isinstance(m, (bool, np.bool_)) for m in leaves):
+        return [bool(m) for m in leaves]
+    return None
+
+
+def _all_float32(*trees: Any) -> bool:
+    return all(jnp.result_type(x) == jnp.float32 for t in trees for x in jax.tree.leaves(t))
+
+
+def _kernel_call(scalars, p, g, m, v, decay: bool):
+    """One FFI call over lists of leaves; results aliased to params, mu, nu."""
+    k = len(p)
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*p, *m, *v)]
+    aliases = {1 + i: i for i in range(k)}  # operand index -> result index
+    aliases.update({1 + 2 * k + i: k + i for i in range(k)})
+    aliases.update({1 + 3 * k + i: 2 * k + i for i in range(k)})
+    call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases)
+    out = call(scalars, *p, *g, *m, *v, decay=np.int32(decay))
+    return out[:k], out[k : 2 * k], out[2 * k :]
+
+
+def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask) -> FusedTransformation:
+    if weight_decay is None:
+        tx = aliases.adam(learning_rate, b1, b2, eps, eps_root)
+    else:
+        tx = aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask)
+
+    def chain_step(params, grads, state):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    def kernel_step(params, grads, state, decay_flags):
+        # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
+        (moments, *direction_rest), *middle, lr_state = state
+        count = saturating_increment(moments.count)
+        if callable(learning_rate):
+            neg_lr = -1 * learning_rate(lr_state.count)
+            lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
+        else:
+            neg_lr = -learning_rate
+        wd = 0.0 if weight_decay is None else weight_decay
+        scalars = jnp.stack(
+            [
+                _f32(1 - b1),
+                _f32(b1),
+                _f32(1 - b2),
+                _f32(b2),
+                1 - _f32(b1) ** count,  # as correction.debias forms 1 - b^t
+                1 - _f32(b2) ** count,
+                _f32(eps_root),
+                _f32(eps),
+                _f32(wd),
+                _f32(neg_lr),
+            ]
+        )
+        p, treedef = jax.tree.flatten(params)
+        g, m, v = jax.tree.leaves(grads), jax.tree.leaves(moments.mu), jax.tree.leaves(moments.nu)
+        new_p, new_m, new_v = list(p), list(m), list(v)
+        for decay in (False, True):
+            index = [i for i, flag in enumerate(decay_flags) if flag == decay]
+            for start in range(0, len(index), MAX_LEAVES_PER_CALL):
+                part = index[start : start + MAX_LEAVES_PER_CALL]
+                outs = _kernel_call(scalars, *([x[i] for i in part] for x in (p, g, m, v)), decay=decay)
+                for target, out in zip((new_p, new_m, new_v), outs):
+                    for i, x in zip(part, out):
+                        target[i] = x
+        moments = moments._replace(
+            count=count,
+            mu=jax.tree.unflatten(jax.tree.structure(moments.mu), new_m),
+            nu=jax.tree.unflatten(jax.tree.structure(moments.nu), new_v),
+        )
+        return jax.tree.unflatten(treedef, new_p), ((moments, *direction_rest), *middle, lr_state)
+
+    def decay_flags(params) -> list[bool] | None:
+        n = len(jax.tree.leaves(params))
+        if weight_decay is None:
+            return [False] * n
+        if mask is None:
+            return [True] * n
+        flags = _concrete_bools(mask(params) if callable(mask) else mask)
+        return flags if flags is not None and len(flags) == n else None
+
+    def step(params, grads, state):
+        moments = state[0][0]
+        flags = decay_flags(params)
+        same = jax.tree.structure(params) == jax.tree.structure(grads) == jax.tree.structure(moments.mu)
+        if not (
+            _library.available() and flags is not None and same and _all_float32(params, grads, moments.mu, moments.nu)
+        ):
+            return chain_step(params, grads, state)
+        return jax.lax.platform_dependent(
+            params,
+            grads,
+            state,
+            cpu=lambda p, g, s: kernel_step(p, g, s, flags),
+            default=chain_step,
+        )
+
+    return FusedTransformation(tx.init, tx.update, step)
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+) -> FusedTransformation:
+    r""":func:`adam_jax.adam` (Kingma & Ba 2014, Algorithm 1) with a fused, in-place ``step``.
+
+    .. math::
+
+       m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+
+       \theta_t = \theta_{t-1} - \alpha_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}}
+       + \epsilon}
+
+    ``init`` and ``update`` are the composed chain's; ``step(params, grads, state)`` returns
+    ``(params, state)`` and runs the fused kernel on CPU when every leaf is float32.
+    """
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    *,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.adamw` (Loshchilov & Hutter 2019) with a fused, in-place ``step``.
+
+    .. math::
+
+       \theta_t = \theta_{t-1} - \alpha_t \left(\frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+       + \lambda \theta_{t-1}\right)
+
+    ``weight_decay`` and ``mask`` are keyword-only (positionally, :func:`adam_jax.adamw` has ``mu_dtype``
+    there; the kernel is float32 only). A ``mask`` of Python booleans (or a function of the params
+    returning one) splits the leaves into a decayed and an undecayed call; a mask of arrays makes
+    ``step`` use the composed chain.
+    """
+    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)

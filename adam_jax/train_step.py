@@ -1,0 +1,63 @@
+"""A jitted train step that donates params and optimizer state, so the update happens in place.
+
+Without donation every step allocates fresh params and moments (28 B/param of new memory for Adam in
+float32) and copies into them: several times slower and up to twice the memory. ``make_train_step``
+always donates; with a fused optimizer (:mod:`adam_jax.fused`) the step then runs the one-pass kernel
+on the donated buffers.
+
+Many leaves cost time twice: every leaf is an argument of the jitted step and one or more kernels per
+leaf. Keeping the params as one flat vector (``jax.flatten_util.ravel_pytree``) and passing its
+``unravel`` here makes the step see 1 leaf however many the model has: the loss gets the tree back
+through ``unravel`` (slices of the vector), and the gradient arrives flat.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+
+def make_train_step(
+    loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    *,
+    unravel: Callable[[jax.Array], Any] | None = None,
+    has_aux: bool = False,
+) -> Callable[..., tuple]:
+    r"""``step(params, opt_state, *batch) -> (params, opt_state, loss)``, jitted, params and state donated.
+
+    One step of :math:`\theta_t = \theta_{t-1} + u_t`, with :math:`u_t` from ``optimizer`` and the
+    gradient :math:`g_t = \nabla_\theta \mathcal{L}(\theta_{t-1}; \text{batch})`.
+
+    Args:
+      loss_fn: ``loss_fn(params, *batch)`` returning a scalar (or ``(scalar, aux)`` with ``has_aux``).
+      optimizer: any optax transform; one with a ``step`` method (:func:`adam_jax.fused.adam`,
+        :func:`adam_jax.fused.adamw`) applies its update in place through it.
+      unravel: if given, ``params`` is a flat vector and ``loss_fn`` receives ``unravel(params)``
+        (from ``flat, unravel = jax.flatten_util.ravel_pytree(params)``).
+      has_aux: ``loss_fn`` returns ``(loss, aux)``; the step then returns ``(params, state, loss, aux)``.
+
+    The arguments ``params`` and ``opt_state`` are donated: do not use the arrays passed in after the
+    call, use the ones it returns.
+    """
+    view = unravel if unravel is not None else (lambda params: params)
+    fused_step = getattr(optimizer, 'step', None)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, *batch):
+        value, grads = jax.value_and_grad(lambda p: loss_fn(view(p), *batch), has_aux=has_aux)(params)
+        if fused_step is not None:
+            params, opt_state = fused_step(params, grads, opt_state)
+        else:
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        if has_aux:
+            loss, aux = value
+            return params, opt_state, loss, aux
+        return params, opt_state, value
+
+    return step

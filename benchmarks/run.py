@@ -1,0 +1,311 @@
+"""Adam step time: adam_jax against optax.adam and torch.optim.Adam(fused=True), interleaved.
+
+Run from the repository root::
+
+    python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (40 min on a busy 2-core box)
+    python -m benchmarks.run --quick    # 16M params in 1 and 1000 leaves (the acceptance cases, < 3 min)
+    python -m benchmarks.run --smoke    # 256K params in 10 leaves, 2 rounds (what the test runs)
+
+Every (params, leaves, implementation) runs in its own worker process (so its peak RSS is its own);
+the workers of one configuration stay alive together and take turns, a few steps each, for several
+rounds, so machine noise hits them alike. Reported per implementation: the median step time, its
+ratio to optax.adam's and torch's in the same configuration, the fastest step (what an idle machine
+would give), the bandwidth at 28 B/param (read
+params, grads, m, v; write params, m, v), that bandwidth as a share of a donated in-place JAX triad
+(b = b + s*c, 12 B/element) measured in the same rounds, the first-call time (jit compile; for torch
+its first step, which allocates its state) and the worker's peak RSS.
+
+Implementations:
+  adam_jax        adam_jax.fused.adam(...).step on the params kept as one flat float32 vector (the
+                  recipe of adam_jax.make_train_step(unravel=...)): one kernel call, in place.
+  adam_jax tree   the same step on the params as a tree of `leaves` arrays (kernel calls of up to 32
+                  leaves; every leaf is an argument of the jitted step).
+  adam_jax chain  adam_jax.adam, the composed chain, in pure XLA (the path without the kernel).
+  optax.adam      update + apply_updates in one jitted step, params and state donated.
+  torch fused     torch.optim.Adam(params, fused=True) on `leaves` tensors, when torch is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+BYTES_PER_PARAM = 28
+LR = 1e-3
+OPTAX = 'optax.adam'
+TORCH = 'torch fused'
+TRIAD = 'triad'
+MODES = {
+    'full': dict(sizes=(2**20, 2**22, 2**24, 2**26), leaves=(1, 100, 1000), rounds=5, steps=3),
+    'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=5, steps=3),
+    'smoke': dict(sizes=(2**18,), leaves=(10,), rounds=2, steps=2),
+}
+
+
+def leaf_sizes(n: int, leaves: int) -> list[int]:
+    base = n // leaves
+    return [base + (n - base * leaves if i == 0 else 0) for i in range(leaves)]
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def _jax_setup(name: str, n: int, leaves: int):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import adam_jax
+    from adam_jax import fused
+
+    rng = jax.random.key(0)
+    sizes = [n] if name in ('adam_jax', TRIAD) else leaf_sizes(n, leaves)
+    keys = jax.random.split(rng, len(sizes))
+    params = [jnp.zeros(s, jnp.float32) for s in sizes]
+    grads = [jax.random.normal(k, (s,), jnp.float32) for k, s in zip(keys, sizes)]
+    if name == TRIAD:
+
+        def triad(b, c):
+            return b + 0.5 * c
+
+        fn, args = jax.jit(triad, donate_argnums=0), (params[0], grads[0])
+    else:
+        if name in ('adam_jax', 'adam_jax tree'):
+            opt = fused.adam(LR)
+
+            def step(p, g, s):
+                return opt.step(p, g, s)
+
+        else:
+            opt = adam_jax.adam(LR) if name == 'adam_jax chain' else optax.adam(LR)
+
+            def step(p, g, s):
+                updates, s = opt.update(g, s, p)
+                return optax.apply_updates(p, updates), s
+
+        params = params[0] if name == 'adam_jax' else params
+        grads = grads[0] if name == 'adam_jax' else grads
+        fn, args = jax.jit(step, donate_argnums=(0, 2)), (params, grads, opt.init(params))
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    first = time.perf_counter() - start
+    state = list(args)
+
+    def run() -> float:
+        t = time.perf_counter()
+        if name == TRIAD:
+            state[0] = compiled(state[0], state[1])
+        else:
+            state[0], state[2] = compiled(*state)
+        jax.block_until_ready(state[0])
+        return time.perf_counter() - t
+
+    note = fused.status() if name.startswith('adam_jax') and name != 'adam_jax chain' else ''
+    return run, first, note
+
+
+def _torch_setup(n: int, leaves: int):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.zeros(s, requires_grad=True) for s in leaf_sizes(n, leaves)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = torch.optim.Adam(params, lr=LR, fused=True)
+
+    def run() -> float:
+        t = time.perf_counter()
+        opt.step()
+        return time.perf_counter() - t
+
+    first = run()  # allocates the state: torch's first-call cost
+    return run, first, f'torch {torch.__version__}, {torch.get_num_threads()} threads'
+
+
+def worker(name: str, n: int, leaves: int) -> None:
+    """Answers 'run K' with K step times and 'quit' with the peak RSS, one JSON line each."""
+    run, first, note = _torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
+    for _ in range(2):
+        run()
+    print(json.dumps({'first_call_s': first, 'note': note}), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == 'run':
+            print(json.dumps([run() for _ in range(int(command[1]))]), flush=True)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            print(json.dumps({'peak_rss_mib': peak}), flush=True)
+            return
+
+
+# ----------------------------------------------------------------------------------------------- parent
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Worker:
+    def __init__(self, name: str, n: int, leaves: int):
+        root = pathlib.Path(__file__).resolve().parent.parent
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
+        command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--worker', name, str(n), str(leaves)]
+        self.name = name
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = self._read()
+        self.times: list[float] = []
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f'benchmark worker {self.name!r} exited early (exit code {self.process.wait()})')
+        return json.loads(line)
+
+    def run(self, steps: int) -> None:
+        self.process.stdin.write(f'run {steps}\n')
+        self.process.stdin.flush()
+        self.times += self._read()
+
+    def finish(self) -> float:
+        self.process.stdin.write('quit\n')
+        self.process.stdin.flush()
+        peak = self._read()['peak_rss_mib']
+        self.process.wait()
+        return peak
+
+
+def implementations(leaves: int, mode: str, with_torch: bool) -> list[str]:
+    names = ['adam_jax', OPTAX]
+    if mode == 'full':
+        names += ['adam_jax chain'] + (['adam_jax tree'] if leaves > 1 else [])
+    return names + ([TORCH] if with_torch else [])
+
+
+def measure(n: int, leaves: int, mode: str, with_torch: bool) -> list[dict]:
+    spec = MODES[mode]
+    workers = [Worker(name, n, leaves) for name in [TRIAD, *implementations(leaves, mode, with_torch)]]
+    for r in range(spec['rounds']):
+        for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
+            w.run(spec['steps'])
+    peaks = {w.name: w.finish() for w in workers}
+    medians = {w.name: statistics.median(w.times) for w in workers}
+    firsts = {w.name: w.ready['first_call_s'] for w in workers}
+    triad_gbs = 12 * n / medians[TRIAD] / 1e9
+    rows = []
+    for w in workers[1:]:
+        t = medians[w.name]
+        gbs = BYTES_PER_PARAM * n / t / 1e9
+        rows.append(
+            dict(
+                params=n,
+                leaves=leaves,
+                impl=w.name,
+                step_ms=1e3 * t,
+                best_ms=1e3 * min(w.times),
+                vs_optax=t / medians[OPTAX],
+                vs_torch=t / medians[TORCH] if TORCH in medians else None,
+                gb_s=gbs,
+                triad_share=gbs / triad_gbs,
+                triad_gb_s=triad_gbs,
+                first_call_s=firsts[w.name],
+                first_call_vs_optax=firsts[w.name] / firsts[OPTAX],
+                peak_rss_mib=peaks[w.name],
+                samples=len(w.times),
+                note=w.ready['note'],
+            )
+        )
+    return rows
+
+
+def _ratio(x: float | None) -> str:
+    return '' if x is None else f'{x:.2f}x'
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        ('' if meta['complete'] else 'Partial run (interrupted). ')
+        + f'Adam step, float32, median of {meta["samples"]} interleaved steps per row ({meta["mode"]} mode, '
+        f'{meta["date"]}, {meta["cpu"]}, {meta["cores"]} cores). Command: `{meta["command"]}`.',
+        '',
+        '| params | leaves | implementation | step ms | vs optax | vs torch | best ms | GB/s (28 B/param) '
+        '| % of triad | first call s | vs optax | peak RSS MiB |',
+        '|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    for r in rows:
+        lines.append(
+            f'| {r["params"] / 2**20:g}M | {r["leaves"]} | {r["impl"]} | {r["step_ms"]:.2f} | {_ratio(r["vs_optax"])} '
+            f'| {_ratio(r["vs_torch"])} | {r["best_ms"]:.2f} | {r["gb_s"]:.1f} | {100 * r["triad_share"]:.0f}% '
+            f'| {r["first_call_s"]:.2f} '
+            f'| {_ratio(r["first_call_vs_optax"])} | {r["peak_rss_mib"]:.0f} |'
+        )
+    lines += ['', f'Kernel: {meta["kernel"]}.', '']
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_const', const='quick', dest='mode', default='full')
+    parser.add_argument('--smoke', action='store_const', const='smoke', dest='mode')
+    parser.add_argument('--no-torch', action='store_true', help='leave torch out even if it is installed')
+    parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent)
+    parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
+        return {}
+    with_torch = torch_available() and not args.no_torch
+    spec = MODES[args.mode]
+    stem = 'results' if args.mode == 'full' else f'results-{args.mode}'
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def write(complete: bool) -> tuple[dict, str]:
+        """Rewritten after every configuration, so an interrupted run keeps what it measured."""
+        meta = dict(
+            mode=args.mode,
+            complete=complete,
+            date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+            cpu=platform.processor() or platform.machine(),
+            cores=os.cpu_count(),
+            samples=spec['rounds'] * spec['steps'],
+            command='python -m benchmarks.run' + ('' if args.mode == 'full' else f' --{args.mode}'),
+            kernel=next((r['note'] for r in rows if r['impl'] == 'adam_jax'), ''),
+            torch=with_torch,
+        )
+        (args.out / f'{stem}.json').write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + '\n')
+        table = markdown(rows, meta)
+        (args.out / f'{stem}.md').write_text(table)
+        return meta, table
+
+    for n in spec['sizes']:
+        for leaves in spec['leaves']:
+            new = measure(n, leaves, args.mode, with_torch)
+            rows += new
+            write(complete=False)
+            for r in new:
+                print(
+                    f'{n / 2**20:5g}M {leaves:5d} {r["impl"]:15s} {r["step_ms"]:8.2f} ms  '
+                    f'{_ratio(r["vs_optax"])} optax  {_ratio(r["vs_torch"])} torch  '
+                    f'first call {r["first_call_s"]:.2f} s',
+                    flush=True,
+                )
+    meta, table = write(complete=True)
+    print(table)
+    return dict(meta=meta, rows=rows)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end in its smoke mode and writes consistent JSON and markdown.
+
+Timings are not asserted (they are the harness's output, not a property of the code); the test checks
+that every configuration was measured and that the derived columns follow from the measured ones.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from adam_jax import fused
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_smoke_run_writes_table_and_json(tmp_path):
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.run', '--smoke', '--no-torch', '--out', str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / 'results-smoke.json').read_text())
+    rows = {r['impl']: r for r in result['rows']}
+    assert set(rows) == {'adam_jax', 'optax.adam'}
+    for r in rows.values():
+        assert (r['params'], r['leaves'], r['samples']) == (2**18, 10, 4)
+        assert r['step_ms'] > 0 and r['first_call_s'] > 0 and r['peak_rss_mib'] > 50
+        assert abs(r['gb_s'] - 28 * r['params'] / (r['step_ms'] * 1e6)) < 1e-9 * r['gb_s']
+        assert abs(r['triad_share'] - r['gb_s'] / r['triad_gb_s']) < 1e-12
+        assert r['vs_torch'] is None
+    assert rows['optax.adam']['vs_optax'] == 1.0
+    assert rows['adam_jax']['vs_optax'] == rows['adam_jax']['step_ms'] / rows['optax.adam']['step_ms']
+    assert rows['adam_jax']['note'] == fused.status()  # the kernel, or the fallback and why
+    table = (tmp_path / 'results-smoke.md').read_text()
+    assert '| 0.25M | 10 | adam_jax |' in table and '| 0.25M | 10 | optax.adam |' in table
+    assert 'python -m benchmarks.run --smoke' in table

@@ -1,0 +1,230 @@
+"""The fused Adam/AdamW step against the composed chain it executes, and against optax.
+
+The kernel does the chain's float32 operations as XLA compiles them (x / c as x * (1/c); a*b + c as a
+fused multiply-add where the CPU has FMA), so one step from the same inputs is bitwise the jitted chain's.
+Over 100 steps it stays within 1e-6 of the chain run the usual optax way (update and apply_updates jitted
+apart, where XLA cannot fuse the final add). Tests that need the kernel say in their output why they
+cannot run where it is not built; the fallback tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import adam_jax
+from adam_jax import fused
+from adam_jax.fused import _library
+from tests.conftest import mixed_tree, noisy_quadratic_grad
+
+MASK = {'dense': {'kernel': True, 'bias': False}, 'conv': [True], 'scale': False}
+CASES = {
+    'adam': lambda: (fused.adam(3e-2), optax.adam(3e-2)),
+    'adamw-mask': lambda: (
+        fused.adamw(3e-2, weight_decay=0.1, mask=MASK),
+        optax.adamw(3e-2, weight_decay=0.1, mask=MASK),
+    ),
+    'adamw-schedule-eps_root': lambda: (
+        fused.adamw(optax.linear_schedule(3e-2, 1e-3, 50), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, weight_decay=0.05),
+        optax.adamw(optax.linear_schedule(3e-2, 1e-3, 50), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, weight_decay=0.05),
+    ),
+}
+needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
+grad_fn = jax.jit(noisy_quadratic_grad)
+
+
+def chain_step(opt):
+    def step(params, grads, state):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def train(step, params, state, steps):
+    for t in range(steps):
+        params, state = step(params, grad_fn(params, t), state)
+    return params, state
+
+
+def leaves_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def max_abs_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def kernel_calls(fn, *args) -> int:
+    return jax.jit(fn).lower(*args).as_text().count(f'custom_call @{_library.TARGET}(')
+
+
+def warm_state(opt, params, count, seed=0):
+    """The state after `count` steps, with random moments (nu > 0), without running the chain."""
+    rng = np.random.default_rng(seed)
+    (moments, *direction_rest), *rest = opt.init(params)
+    moments = moments._replace(
+        count=jnp.int32(count),
+        mu=jax.tree.map(lambda p: jnp.asarray(0.1 * rng.normal(size=p.shape), p.dtype), params),
+        nu=jax.tree.map(lambda p: jnp.asarray(0.01 * rng.random(size=p.shape), p.dtype), params),
+    )
+    rest = [r._replace(count=jnp.int32(count)) if 'count' in getattr(r, '_fields', ()) else r for r in rest]
+    return ((moments, *direction_rest), *rest)
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_step_equals_the_chain_and_optax_over_100_steps(case):
+    opt, reference = CASES[case]()
+    params = mixed_tree()
+    state = opt.init(params)
+    copies = jax.tree.map(jnp.copy, (params, state))  # donated below; params and state are used again
+    fused_out = train(jax.jit(opt.step, donate_argnums=(0, 2)), *copies, 100)
+    # The chain as optax users run it: update and apply_updates in separate jits.
+    update = jax.jit(opt.update)
+    chain_out = train(
+        lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*update(g, s, p)), params, state, 100
+    )
+    assert max_abs_diff(fused_out, chain_out) <= 1e-6
+    optax_params, _ = train(jax.jit(chain_step(reference)), params, reference.init(params), 100)
+    assert max_abs_diff(fused_out[0], optax_params) <= 1e-5
+    assert max_abs_diff(fused_out[0], params) > 0.5  # the params moved: the equalities are not trivial
+    assert jax.tree.structure(fused_out[1]) == jax.tree.structure(state)
+    assert int(fused_out[1][0][0].count) == 100
+
+
+@needs_kernel
+@pytest.mark.parametrize('case', CASES)
+def test_one_kernel_step_is_bitwise_the_jitted_chain(case):
+    opt, _ = CASES[case]()
+    params = mixed_tree(seed=1)
+    state = warm_state(opt, params, 7)  # m, v and the bias corrections are not trivial
+    grads = grad_fn(params, 7)
+    assert kernel_calls(opt.step, params, grads, state) >= 1
+    got = jax.jit(opt.step)(params, grads, state)
+    want = jax.jit(chain_step(opt))(params, grads, state)
+    assert leaves_equal(got, want)
+
+
+@needs_kernel
+def test_many_leaves_odd_sizes_and_chunk_boundaries():
+    rng = np.random.default_rng(3)
+    sizes = [0, 1, 7, 65536 + 3, *[5] * 30, 11]  # 36 leaves and a matrix: 2 calls; one leaf spans 2 chunks
+    params = {f'w{i:02d}': jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(sizes)}
+    params['matrix'] = jnp.asarray(rng.normal(size=(3, 5, 2)), jnp.float32)
+    opt = fused.adamw(1e-2, weight_decay=0.1)
+    state = warm_state(opt, params, 3)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    assert kernel_calls(opt.step, params, grads, state) == 2
+    assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+
+
+@needs_kernel
+def test_donated_step_updates_in_place_and_undonated_step_leaves_inputs_alone():
+    opt = fused.adam(1e-2)
+    params = jnp.linspace(-1.0, 1.0, 70001, dtype=jnp.float32)
+    grads = jnp.cos(params)
+    state = opt.init(params)
+    want = jax.jit(chain_step(opt))(params, grads, state)
+
+    kept = np.asarray(params)
+    got = jax.jit(opt.step)(params, grads, state)  # not donated: XLA gives the kernel fresh result buffers
+    assert leaves_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(params), kept)
+
+    params = params + 0  # a buffer no NumPy view refers to (a view would block the donation)
+    pointer = params.unsafe_buffer_pointer()
+    new_params, _ = jax.jit(opt.step, donate_argnums=(0, 2))(params, grads, state)
+    assert new_params.unsafe_buffer_pointer() == pointer
+    np.testing.assert_array_equal(np.asarray(new_params), np.asarray(want[0]))
+
+
+@needs_kernel
+def test_same_array_as_params_and_grads():
+    opt = fused.adamw(1e-2, weight_decay=0.1)
+    params = jnp.linspace(-2.0, 2.0, 1000, dtype=jnp.float32)
+    state = opt.init(params)
+    got = jax.jit(opt.step, donate_argnums=(0,))(params + 0, params + 0, state)
+    assert leaves_equal(got, jax.jit(chain_step(opt))(params, params, state))
+
+
+def test_fallback_to_the_chain_without_kernel_or_for_other_dtypes(monkeypatch):
+    opt = fused.adamw(1e-2, weight_decay=0.1)
+    bf16 = mixed_tree(jnp.bfloat16)
+    state = opt.init(bf16)
+    grads = noisy_quadratic_grad(bf16, 0)
+    assert kernel_calls(opt.step, bf16, grads, state) == 0
+    assert leaves_equal(jax.jit(opt.step)(bf16, grads, state), jax.jit(chain_step(opt))(bf16, grads, state))
+    array_mask = fused.adamw(1e-2, weight_decay=0.1, mask=jax.tree.map(lambda _: jnp.array(True), mixed_tree()))
+    f32 = mixed_tree()
+    assert kernel_calls(array_mask.step, f32, f32, array_mask.init(f32)) == 0
+
+    monkeypatch.setattr(_library, 'available', lambda: False)
+    state = warm_state(opt, f32, 3)
+    assert kernel_calls(opt.step, f32, f32, state) == 0
+    got = jax.jit(opt.step)(f32, f32, state)
+    assert leaves_equal(got, jax.jit(chain_step(adam_jax.adamw(1e-2, weight_decay=0.1)))(f32, f32, state))
+
+
+def test_fused_optimizers_are_the_composed_chains_for_optax():
+    params = mixed_tree()
+    grads = noisy_quadratic_grad(params, 0)
+    opt = optax.inject_hyperparams(fused.adamw)(learning_rate=1e-2, weight_decay=0.1)
+    updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    chain = optax.inject_hyperparams(adam_jax.adamw)(learning_rate=1e-2, weight_decay=0.1)
+    want, _ = jax.jit(chain.update)(grads, chain.init(params), params)
+    assert leaves_equal(updates, want)
+    assert max_abs_diff(updates, jax.tree.map(jnp.zeros_like, updates)) > 1e-3
+    with pytest.raises(ValueError, match=r'b1 must be in \[0.0, 1.0\), got 1.0'):
+        fused.adam(1e-3, b1=1.0)
+    with pytest.raises(ValueError, match='weight_decay'):
+        fused.adamw(1e-3, weight_decay=-1.0)
+
+
+def mlp_loss(params, x, y):
+    h = jnp.tanh(x @ params['w1'] + params['b1'])
+    return jnp.mean((h @ params['w2'] + params['b2'] - y) ** 2)
+
+
+def test_train_step_flat_fused_equals_tree_chain_over_100_steps():
+    rng = np.random.default_rng(0)
+    params = {
+        'w1': jnp.asarray(rng.normal(size=(4, 16)) / 2, jnp.float32),
+        'b1': jnp.zeros(16, jnp.float32),
+        'w2': jnp.asarray(rng.normal(size=(16, 1)) / 4, jnp.float32),
+        'b2': jnp.zeros(1, jnp.float32),
+    }
+    x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+    y = jnp.sin(x[:, :1] * 2) + x[:, 1:2]
+
+    tree_step = adam_jax.make_train_step(mlp_loss, adam_jax.adamw(1e-2, weight_decay=1e-2))
+    tree, tree_state = params, adam_jax.adamw(1e-2).init(params)
+    flat, unravel = ravel_pytree(params)
+    opt = fused.adamw(1e-2, weight_decay=1e-2)
+    flat_step = adam_jax.make_train_step(mlp_loss, opt, unravel=unravel)
+    flat_state = opt.init(flat)
+    losses = []
+    for _ in range(100):
+        tree, tree_state, _ = tree_step(tree, tree_state, x, y)
+        flat, flat_state, loss = flat_step(flat, flat_state, x, y)
+        losses.append(float(loss))
+    assert max_abs_diff(unravel(flat), tree) <= 1e-6
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_step_with_aux_and_a_plain_optax_transform():
+    def loss_with_aux(params, x):
+        loss = jnp.sum((params - x) ** 2)
+        return loss, {'norm': jnp.linalg.norm(params)}
+
+    step = adam_jax.make_train_step(loss_with_aux, optax.sgd(0.1), has_aux=True)
+    params, state = jnp.zeros(3), optax.sgd(0.1).init(jnp.zeros(3))
+    x = jnp.array([1.0, 2.0, 3.0])
+    params, state, loss, aux = step(params, state, x)
+    np.testing.assert_allclose(np.asarray(params), [0.2, 0.4, 0.6], rtol=1e-6)
+    assert float(loss) == pytest.approx(14.0)
+    assert float(aux['norm']) == 0.0
