@@ -32,7 +32,7 @@ RATIO = 2.0  # 'unstable': the uncorrected run ends with over twice the correcte
 
 
 def run(quick: bool = False, seed: int = 0, epochs: int | None = None, progress: bool = True) -> Result:
-    """Runs the grid; ``quick``: b2 in {0.99, 0.9999}, alpha in {1e-3, 1e-2}, 512 digits, batch 32, 4 epochs (64 steps)."""
+    """Runs the grid; ``quick``: b2 in {0.99, 0.9999}, alpha in {1e-3, 1e-2}, 512 digits, batch 32, 64 steps."""
     data = datasets.load('mnist').binarized()
     data = data.take(512, 256) if quick else data
     epochs = epochs or (4 if quick else 10)
