@@ -20,7 +20,7 @@ from flax import nnx
 from adam_jax.experiments import data as datasets
 from adam_jax.experiments import models
 from adam_jax.experiments.results import Curve, Result, Verdict
-from adam_jax.experiments.train import Classification, train_grid
+from adam_jax.experiments.train import Classification, init_model, train_grid
 
 CLAIM = 'The best weight decay depends less on the learning rate with AdamW than with Adam + L2.'
 LOG_LRS = (-4.0, -3.5, -3.0, -2.5, -2.0)
@@ -38,11 +38,12 @@ def run(quick: bool = False, seed: int = 0, epochs: int | None = None, progress:
     log_lrs = LOG_LRS[2:] if quick else LOG_LRS
     hidden = (32, 32) if quick else (100, 100)
     curves, rows, spread = [], [], {}
+    model = init_model(lambda: models.MLP(40, hidden, 10, rngs=nnx.Rngs(seed)))
     for name, log_wds in LOG_WDS.items():
         points = list(itertools.product(log_lrs, log_wds))
         grid = {'learning_rate': [10**a for a, _ in points], 'weight_decay': [10**w for _, w in points]}
         r = train_grid(
-            models.MLP(40, hidden, 10, rngs=nnx.Rngs(seed)), Classification(), name, grid, data,
+            model, Classification(), name, grid, data,
             epochs=epochs, batch_size=128, seed=seed, progress=progress, desc=f'{LABELS[name]} grid',
         )  # fmt: skip
         test = r.test_loss[:, -1].reshape(len(log_lrs), len(log_wds))

@@ -19,7 +19,7 @@ from flax import nnx
 from adam_jax.experiments import data as datasets
 from adam_jax.experiments.models import VAE
 from adam_jax.experiments.results import Curve, Result, Verdict
-from adam_jax.experiments.train import Reconstruction, train_grid
+from adam_jax.experiments.train import Reconstruction, init_model, train_grid
 
 CLAIM = (
     'Without bias correction, beta2 = 0.9999 is unstable at large step sizes at which bias-corrected Adam trains well.'
@@ -45,8 +45,8 @@ def run(quick: bool = False, seed: int = 0, epochs: int | None = None, progress:
     }
     final = {}
     curves, rows = [], []
+    model = init_model(lambda: VAE(rngs=nnx.Rngs(seed)))
     for name, variant in VARIANTS:
-        model = VAE(rngs=nnx.Rngs(seed))
         r = train_grid(
             model, Reconstruction(), name, grid, data, epochs=epochs, batch_size=32 if quick else 128,
             seed=seed, progress=progress, desc=f'VAE {variant}',

@@ -13,7 +13,7 @@ from flax import nnx
 from adam_jax.experiments import data as datasets
 from adam_jax.experiments import models, optimizers
 from adam_jax.experiments.results import Curve, Result, Verdict
-from adam_jax.experiments.train import Classification, GridRun, train_grid
+from adam_jax.experiments.train import Classification, GridRun, init_model, train_grid
 
 # task name -> (data set, model factory(seed, quick)); the CLI's `compare --task`.
 TASKS: dict[str, tuple[str, Callable[[int, bool], nnx.Module]]] = {
@@ -36,7 +36,7 @@ TASKS: dict[str, tuple[str, Callable[[int, bool], nnx.Module]]] = {
 def load_task_data(task: str, quick: bool) -> datasets.Dataset:
     data = datasets.load(TASKS[task][0])
     if quick:
-        data = data.take(512, 250) if task == 'mnist-cnn' else data.take(1024, 500)
+        data = data.take(1024, 250 if task == 'mnist-cnn' else 500)
     return data.images() if task == 'mnist-cnn' else data
 
 
@@ -53,15 +53,17 @@ def search(
     schedule: str = 'constant',
     progress: bool = True,
     group: str = '',
+    vectorize: bool = True,
 ) -> tuple[list[Curve], list[dict], dict[str, GridRun]]:
     """Trains every optimizer in ``names`` over its grid; returns the best curve of each, all grid rows, the runs."""
     data = load_task_data(task, quick)
     make_model = TASKS[task][1]
+    model = init_model(lambda: make_model(seed, quick))
     curves, rows, runs = [], [], {}
     for name in names:
         grid = grids[name]
         run = train_grid(
-            make_model(seed, quick),
+            model,
             Classification(l2=l2),
             name,
             grid,
@@ -72,6 +74,7 @@ def search(
             schedule=schedule,
             progress=progress,
             desc=f'{task} {name}' + (f' {group}' if group else ''),
+            vectorize=vectorize,
         )
         runs[name] = run
         best = run.best()
