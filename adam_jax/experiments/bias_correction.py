@@ -97,5 +97,5 @@ def run(quick: bool = False, seed: int = 0, epochs: int | None = None, progress:
         grid=rows,
         x_label='log10(step size)',
         y_label='loss (negative ELBO)',
-        y_scale='log',
+        y_clip=4.0,
     )

@@ -45,10 +45,19 @@ def save_figure(result: Result, path: str) -> None:
         fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
         for ax, group in zip(axes.flat, groups):
             curves = [c for c in result.curves if c.group == group]
+            finite = [v for c in curves for v in c.loss if math.isfinite(v)]
+            ceiling = result.y_clip * min(finite) if result.y_clip and finite and min(finite) > 0 else math.inf
             for i, c in enumerate(curves):
                 colour, marker = _STYLES[i % len(_STYLES)]
                 every = max(1, len(c.x) // 12)
-                ax.plot(c.x, c.loss, color=colour, marker=marker, markevery=every, label=c.label)
+                shown = [v if math.isfinite(v) and v <= ceiling else math.nan for v in c.loss]
+                ax.plot(c.x, shown, color=colour, marker=marker, markevery=every, label=c.label)
+                off = [x for x, v in zip(c.x, c.loss) if not (math.isfinite(v) and v <= ceiling)]
+                if off:  # diverged (NaN) or off the scale: an 'x' at the top of the panel
+                    top = ax.get_xaxis_transform()
+                    ax.plot(off, [0.97 - 0.05 * i] * len(off), 'x', color=colour, transform=top, markersize=6)
+            if any(not (math.isfinite(v) and v <= ceiling) for c in curves for v in c.loss):
+                ax.text(0.01, 0.99, 'x: diverged', transform=ax.transAxes, fontsize=7, va='top', color='#555555')
             ax.set_xscale(result.x_scale)
             if result.y_scale == 'log' and all(v > 0 for c in curves for v in c.loss if math.isfinite(v)):
                 ax.set_yscale('log')

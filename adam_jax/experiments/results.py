@@ -83,6 +83,7 @@ class Result:
     y_label: str = 'training cost'
     x_scale: str = 'linear'
     y_scale: str = 'linear'
+    y_clip: float | None = None  # draw values above y_clip x the panel's lowest as diverged
 
     def table(self) -> str:
         """The results table as fixed-width text."""
