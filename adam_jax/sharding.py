@@ -35,6 +35,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adam_jax import _checks
+from adam_jax.factored import FactoredMoment
+from adam_jax.quantization import QuantizedArray
 
 
 def _named_sharding(x: Any) -> NamedSharding | None:
@@ -125,11 +127,36 @@ def state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any
     replicated = _replicated(leaves[0])
     return optax.tree_map_params(
         optimizer,
-        lambda _, sharding: sharding,
+        _follow,
         jax.eval_shape(optimizer.init, params),
         shardings,
         transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, (QuantizedArray, FactoredMoment)),
     )
+
+
+def _follow(state_leaf: Any, sharding: jax.sharding.Sharding) -> Any:
+    """The sharding of one per-parameter state entry whose parameter has ``sharding``."""
+    if isinstance(state_leaf, QuantizedArray):
+        absmax = _absmax_sharding(state_leaf, sharding)
+        return QuantizedArray(codes=sharding, absmax=absmax, block_size=state_leaf.block_size)
+    if isinstance(state_leaf, FactoredMoment):  # row/column statistics: small, replicated
+        return jax.tree.map(lambda _: _replicated(sharding), state_leaf)
+    return sharding
+
+
+def _absmax_sharding(q: QuantizedArray, sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+    """absmax holds one scale per block of the row-major flattening: it can follow a leaf split along its
+    first axis only, and only when every shard holds whole blocks; otherwise it is replicated."""
+    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
+        return _replicated(sharding)
+    if any(entry is not None for entry in sharding.spec[1:]):
+        return _replicated(sharding)
+    shards = math.prod(sharding.mesh.shape[a] for a in _axes(sharding.spec[0]))
+    size = math.prod(q.shape)
+    if size % shards or (size // shards) % q.block_size:
+        return _replicated(sharding)
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
 
 
 def _axes(entry: Any) -> tuple[str, ...]:

@@ -290,6 +290,18 @@ mu = optax.tree.get(new, 'mu')['w']
 assert mu.codes.sharding.spec[0] == 'd' and mu.absmax.sharding.spec[0] == 'd', (mu.codes.sharding, mu.absmax.sharding)
 hlo = step.lower(params, state).compile().as_text()
 assert not any(op in hlo for op in ('all-gather', 'all-to-all', 'collective-permute', 'all-reduce')), 'communication'
+# state_shardings places codes and absmax the same way for a jitted init.
+shardings = adam_jax.state_shardings(opt, params)
+mu_sh = optax.tree.get(shardings, 'mu')['w']
+assert mu_sh.codes.spec == P('d') and mu_sh.absmax.spec == P('d'), mu_sh
+state2 = jax.jit(opt.init, out_shardings=shardings)(params)
+assert optax.tree.get(state2, 'nu')['w'].absmax.sharding.spec == P('d')
+_, new2 = step(params, state2)
+assert step._cache_size() == 1
+# A leaf split along its second axis cannot keep whole blocks per device: absmax is replicated.
+cols = {'w': jax.device_put(jnp.ones((64, 256)), NamedSharding(mesh, P(None, 'd')))}
+col_sh = optax.tree.get(adam_jax.state_shardings(opt, cols), 'mu')['w']
+assert col_sh.codes.spec == P(None, 'd') and col_sh.absmax.spec == P(), col_sh
 print('OK')
 """
 
