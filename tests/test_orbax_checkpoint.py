@@ -26,17 +26,22 @@ def build(kind):
         return adam_jax.adamw(1e-2, weight_decay=0.1)
     if kind == 'lean_bf16':  # bfloat16 moments, the lean-state option of the core
         return adam_jax.adamw(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    if kind == 'lean_8bit':  # 8-bit block-wise moments (codes and absmax in the checkpoint)
+        return adam_jax.adamw(1e-2, weight_decay=0.1, mu_dtype='int8', nu_dtype='uint8')
     if kind == 'wrapped':  # every state type this package adds, nested in optax wrappers
         inner = optax.inject_hyperparams(adam_jax.adam)(learning_rate=optax.cosine_decay_schedule(1e-2, 50))
         return adam_jax.skip_nonfinite(optax.chain(optax.clip_by_global_norm(1.0), inner, adam_jax.temporal_average()))
     raise ValueError(kind)
 
 
-KINDS = ('adamw', 'lean_bf16', 'wrapped')
+KINDS = ('adamw', 'lean_bf16', 'lean_8bit', 'wrapped')
 
 
 def _params(kind):
-    return mixed_tree(jnp.bfloat16 if kind == 'lean_bf16' else jnp.float32)
+    params = mixed_tree(jnp.bfloat16 if kind == 'lean_bf16' else jnp.float32)
+    if kind == 'lean_8bit':  # leaves of >= 4096 elements are the ones stored in 8 bits
+        params['big'] = jnp.linspace(-1.0, 1.0, 64 * 128, dtype=jnp.float32).reshape(64, 128)
+    return params
 
 
 def _stepper(tx):
@@ -88,7 +93,7 @@ def resume(kind, directory):
     return _steps(_stepper(build(kind)), restored['params'], restored['opt_state'], BEFORE, AFTER)
 
 
-FRESH_PROCESS_KINDS = ('adamw', 'lean_bf16')
+FRESH_PROCESS_KINDS = ('adamw', 'lean_bf16', 'lean_8bit')
 
 
 def resume_main(root, out):
