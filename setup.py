@@ -1,4 +1,4 @@
-"""Builds the optional fused Adam kernel (adam_jax/fused/adam_kernel.cc) during ``pip install``.
+"""Builds the optional fused Adam kernels (adam_jax/fused/adam_kernel.cc, adam8_kernel.cc) during ``pip install``.
 
 Everything else is declared in pyproject.toml. The kernel needs a C++17 compiler and the XLA FFI headers
 that ship inside the ``jaxlib`` wheel (a build requirement). If either is missing the install still
@@ -48,7 +48,8 @@ setup(
     ext_modules=[
         Extension(
             'adam_jax.fused._adam_kernel',
-            sources=['adam_jax/fused/adam_kernel.cc'],
+            sources=['adam_jax/fused/adam_kernel.cc', 'adam_jax/fused/adam8_kernel.cc'],
+            depends=['adam_jax/fused/kernel_common.h'],
             language='c++',
             extra_compile_args=FLAGS,
             optional=True,

@@ -38,6 +38,7 @@ the optimizer step on CPU, GPU and TPU, under ``jit`` and ``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -206,6 +207,15 @@ def _select_by_decade(a: jax.Array, thresholds: list[float], values: list[float]
     return out
 
 
+def encode_constants(signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 (lower, C1, C0) per exponent e = 0..k: :func:`encode` picks the last e with a < lower[e]."""
+    decades = _decades(signed)
+    lower = [10.0**-e for e in range(len(decades))]
+    c1 = [pow10 * bins / (1 - low) for low, pow10, bins, _ in decades]
+    c0 = [offset - low * bins / (1 - low) for low, _, bins, offset in decades]
+    return tuple(np.asarray(x, np.float32) for x in (lower, c1, c0))
+
+
 def encode(a: jax.Array, signed: bool) -> jax.Array:
     r"""Magnitude index :math:`n` of the nearest map value to ``a`` in [0, 1] (int32).
 
@@ -213,10 +223,7 @@ def encode(a: jax.Array, signed: bool) -> jax.Array:
     and :math:`t` is affine in ``a``, so ``n = round(a * C1[e] + C0[e])``: six compares
     pick the decade, one fused multiply-add and a rounding give the code.
     """
-    decades = _decades(signed)
-    lower = [10.0**-e for e in range(len(decades))]
-    c1 = [pow10 * bins / (1 - low) for low, pow10, bins, _ in decades]
-    c0 = [offset - low * bins / (1 - low) for low, _, bins, offset in decades]
+    lower, c1, c0 = encode_constants(signed)
     t = a * _select_by_decade(a, lower, c1) + _select_by_decade(a, lower, c0)
     return jnp.round(t).astype(jnp.int32)
 
@@ -228,12 +235,18 @@ def decode(n: jax.Array, signed: bool) -> jax.Array:
     :math:`Q(n)` is affine in :math:`n`: ``(n - c[e]) * w[e]`` with
     :math:`w = 10^{-e}(1 - l_e)/2^{k-e}`.
     """
-    decades = _decades(signed)
+    above, c, w = decode_constants(signed)
     x = n.astype(jnp.float32)
+    return (x - _select_by_decade(x, above, c)) * _select_by_decade(x, above, w)
+
+
+def decode_constants(signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 (above, c, w) per exponent e = 0..k: :func:`decode` picks the last e with n < above[e]."""
+    decades = _decades(signed)
     above = [2 * bins for _, _, bins, _ in decades]  # one past the last index of each decade
     w = [(1 - low) / (pow10 * bins) for low, pow10, bins, _ in decades]
     c = [offset - low * bins / (1 - low) for low, _, bins, offset in decades]
-    return (x - _select_by_decade(x, above, c)) * _select_by_decade(x, above, w)
+    return tuple(np.asarray(x, np.float32) for x in (above, c, w))
 
 
 def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
@@ -272,3 +285,19 @@ def dynamic_map(signed: bool) -> np.ndarray:
         n = jnp.abs(jnp.asarray(np.where(codes == -128, 0, codes)))
         return np.sign(codes).astype(np.float32) * np.asarray(decode(n, True))
     return np.asarray(decode(jnp.arange(256, dtype=jnp.int32), False))
+
+
+@functools.cache
+def kernel_constants() -> np.ndarray:
+    """The maps as the fused 8-bit kernel reads them (``adam_jax/fused/adam8_kernel.cc``), float32[592].
+
+    The signed table (index ``code + 128``), the unsigned table, then rows of 8 per-decade constants:
+    :func:`encode_constants` (signed lower, C1, C0, unsigned lower, C1, C0; unused slots: lower 0,
+    never chosen) and :func:`decode_constants` (signed c, w, unsigned c, w). The same float32 numbers
+    as :func:`encode` and :func:`decode` use.
+    """
+    rows = [np.pad(row, (0, 8 - row.size)) for signed in (True, False) for row in encode_constants(signed)]
+    rows += [np.pad(row, (0, 8 - row.size)) for signed in (True, False) for row in decode_constants(signed)[1:]]
+    with jax.ensure_compile_time_eval():  # concrete even when first asked for inside a jit trace
+        tables = [dynamic_map(True), dynamic_map(False)]
+    return np.concatenate([*tables, *rows]).astype(np.float32)

@@ -2,9 +2,12 @@
 
 Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--rounds 15]``.
 
-Configurations are interleaved in rounds (one timed step of each per round, after a
-warm-up) so that drift on a shared machine hits them alike; steps are jitted with
-params and state donated. Prints a markdown table of medians and ratios to fp32.
+"adam_jax" rows run the composed chain (``update`` + ``optax.apply_updates``); "adam_jax.fused" rows run
+``adam_jax.fused.adam(...).step``, the fused CPU kernel where it is built (``adam_kernel.cc`` for float32,
+``adam8_kernel.cc`` for 8-bit state), else the same chain. Configurations are interleaved in rounds (one timed
+step of each per round, after a warm-up) so that drift on a shared machine hits them alike; steps are jitted
+with params and state donated.
+Prints a markdown table of medians and ratios to fp32.
 """
 
 from __future__ import annotations
@@ -19,23 +22,30 @@ import jax.numpy as jnp
 import optax
 
 import adam_jax
+from adam_jax import fused
 
 CONFIGS = {
     'fp32 (adam_jax)': dict(),
     'bf16 (adam_jax)': dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
     '8-bit (adam_jax)': dict(mu_dtype='int8', nu_dtype='uint8'),
     '8-bit m, factored v (adam_jax)': dict(mu_dtype='int8', nu_dtype=adam_jax.Factored()),
+    'fp32 (adam_jax.fused)': ('fused', dict()),
+    '8-bit (adam_jax.fused)': ('fused', dict(mu_dtype='int8', nu_dtype='uint8')),
     'fp32 (optax)': None,
     'bf16 mu (optax)': 'optax_bf16',
 }
 
 
 def make_opt(config):
+    """(optimizer, its step or None for update + apply_updates)."""
     if config is None:
-        return optax.adam(1e-3)
+        return optax.adam(1e-3), None
     if config == 'optax_bf16':
-        return optax.adam(1e-3, mu_dtype=jnp.bfloat16)
-    return adam_jax.adam(1e-3, **config)
+        return optax.adam(1e-3, mu_dtype=jnp.bfloat16), None
+    if isinstance(config, tuple):
+        opt = fused.adam(1e-3, **config[1])
+        return opt, opt.step
+    return adam_jax.adam(1e-3, **config), None
 
 
 def make_params(n_params: int, n_leaves: int):
@@ -58,10 +68,12 @@ def main() -> None:
 
     runs = {}
     for name, config in CONFIGS.items():
-        opt = make_opt(config)
+        opt, opt_step = make_opt(config)
 
         @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def step(params, state, grads, opt=opt):
+        def step(params, state, grads, opt=opt, opt_step=opt_step):
+            if opt_step is not None:
+                return opt_step(params, grads, state)
             updates, state = opt.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -82,7 +94,8 @@ def main() -> None:
 
     base = runs['fp32 (adam_jax)']
     base_t = statistics.median(base['times'])
-    print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {jax.devices()[0]}\n')
+    print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {jax.devices()[0]}')
+    print(f'{fused.status()}\n')
     print('| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) |')
     print('|---|---:|---:|---:|---:|')
     for name, run in runs.items():

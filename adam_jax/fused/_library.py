@@ -1,8 +1,8 @@
 """Finding, loading and registering the compiled kernel, or saying why it is not there.
 
-The kernel is a shared library built from ``adam_kernel.cc`` by ``pip install`` (see ``setup.py``). It is
-optional: without it (no compiler at install time, another OS, or ``ADAM_JAX_DISABLE_FUSED=1``) every fused
-optimizer runs its composed chain in pure XLA, with the same numbers.
+The kernels are one shared library built from ``adam_kernel.cc`` and ``adam8_kernel.cc`` by ``pip install``
+(see ``setup.py``). It is optional: without it (no compiler at install time, another OS, or
+``ADAM_JAX_DISABLE_FUSED=1``) every fused optimizer runs its composed chain in pure XLA, with the same numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import pathlib
 
 TARGET = 'adam_jax_fused_adam'
+TARGET_8BIT = 'adam_jax_fused_adam8'  # 8-bit block-wise moments (adam8_kernel.cc)
 _LIBRARY_STEM = '_adam_kernel'
 DISABLE_ENV = 'ADAM_JAX_DISABLE_FUSED'
 
@@ -45,6 +46,7 @@ def _load() -> tuple[str | None, str]:
         library = ctypes.cdll.LoadLibrary(str(path))
         library.AdamJaxFusedIsa.restype = ctypes.c_char_p
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.AdamJaxFusedAdam), platform='cpu')
+        jax.ffi.register_ffi_target(TARGET_8BIT, jax.ffi.pycapsule(library.AdamJaxFusedAdam8), platform='cpu')
         isa = library.AdamJaxFusedIsa().decode()
     except (OSError, AttributeError, RuntimeError, ValueError) as error:
         return None, f'fused kernel at {path} failed to load ({error}); using the composed chain (pure XLA)'

@@ -20,35 +20,17 @@
 // calling thread and XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "kernel_common.h"
 
 namespace ffi = xla::ffi;
+using namespace adam_jax_kernel;
 
 namespace {
-
-enum Scalar { kOneMinusB1, kB1, kOneMinusB2, kB2, kC1, kC2, kEpsRoot, kEps, kWeightDecay, kNegLr, kNumScalars };
-
-struct Hyper {
-  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr;
-};
-
-// One loop, two arithmetics: kFma fuses exactly where XLA's compiled chain does on an FMA CPU.
-template <bool kFma>
-inline float Fma(float a, float b, float c) {
-  if constexpr (kFma) {
-    return __builtin_fmaf(a, b, c);
-  } else {
-    return a * b + c;
-  }
-}
 
 template <bool kFma, bool kDecay>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
@@ -85,9 +67,7 @@ void AdamPortable(float* p, const float* g, float* m, float* v, int64_t n, const
 #endif
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__FMA__)
-// Runtime dispatch: one portable build uses AVX2+FMA or AVX-512 where the CPU has them.
-#define ADAM_JAX_X86_DISPATCH 1
+#if defined(ADAM_JAX_X86_DISPATCH)
 __attribute__((target("avx2,fma"))) void AdamAvx2(float* p, const float* g, float* m, float* v, int64_t n,
                                                   const Hyper h, bool decay) {
   Dispatch<true>(p, g, m, v, n, h, decay);
@@ -130,51 +110,22 @@ struct Leaf {
   int64_t size, start;  // start: offset of the leaf in the concatenation of all leaves
 };
 
-bool Overlaps(const float* a, const float* b, int64_t n) { return a < b + n && b < a + n; }
-
-struct Work {
-  std::vector<Leaf> leaves;
-  Hyper h;
-  bool decay;
-  int64_t total, chunk, num_chunks;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void Segment(const Leaf& leaf, int64_t lo, int64_t hi, std::vector<float>& scratch) {
-    const int64_t n = hi - lo;
-    float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
-    // Results not aliased to the inputs: start from a copy of the inputs, then update in place.
-    if (leaf.p != leaf.p_in) std::memmove(p, leaf.p_in + lo, n * sizeof(float));
-    if (leaf.m != leaf.m_in) std::memmove(m, leaf.m_in + lo, n * sizeof(float));
-    if (leaf.v != leaf.v_in) std::memmove(v, leaf.v_in + lo, n * sizeof(float));
-    const float* g = leaf.g + lo;
-    if (Overlaps(g, p, n) || Overlaps(g, m, n) || Overlaps(g, v, n)) {  // the same array passed twice
-      scratch.assign(g, g + n);
-      g = scratch.data();
-    }
-    ChosenIsa().loop(p, g, m, v, n, h, decay);
+// Updates elements [lo, hi) of one leaf.
+void Segment(const Leaf& leaf, int64_t lo, int64_t hi, const Hyper& h, bool decay, std::vector<float>& scratch) {
+  const int64_t n = hi - lo;
+  float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
+  // Results not aliased to the inputs: start from a copy of the inputs, then update in place.
+  if (leaf.p != leaf.p_in) std::memmove(p, leaf.p_in + lo, n * sizeof(float));
+  if (leaf.m != leaf.m_in) std::memmove(m, leaf.m_in + lo, n * sizeof(float));
+  if (leaf.v != leaf.v_in) std::memmove(v, leaf.v_in + lo, n * sizeof(float));
+  const float* g = leaf.g + lo;
+  const int64_t bytes = n * sizeof(float);
+  if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || Overlaps(g, bytes, v, bytes)) {
+    scratch.assign(g, g + n);  // the same array passed twice
+    g = scratch.data();
   }
-
-  void Chunk(int64_t c, std::vector<float>& scratch) {
-    const int64_t lo = c * chunk, hi = std::min(total, lo + chunk);
-    auto it = std::upper_bound(leaves.begin(), leaves.end(), lo,
-                               [](int64_t x, const Leaf& leaf) { return x < leaf.start; });
-    for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
-      const int64_t a = std::max(lo, leaf->start) - leaf->start;
-      const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
-      if (b > a) Segment(*leaf, a, b, scratch);
-    }
-  }
-
-  void Run() {
-    std::vector<float> scratch;
-    for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) {
-      Chunk(c, scratch);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
-constexpr int64_t kChunk = 1 << 16;  // elements: 1.75 MiB of traffic per chunk at 28 B/param
+  ChosenIsa().loop(p, g, m, v, n, h, decay);
+}
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, int32_t decay) {
@@ -185,12 +136,9 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   if (rets.size() != 3 * n || args.size() != 4 * n) {
     return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 4n operands after the scalars and 3n results");
   }
-  const float* s = scalars.typed_data();
-  auto work = std::make_shared<Work>();
-  work->h = Hyper{s[kOneMinusB1], s[kB1], s[kOneMinusB2], s[kB2],          s[kC1],
-                  s[kC2],         s[kEpsRoot], s[kEps], s[kWeightDecay], s[kNegLr]};
-  work->decay = decay != 0;
-  work->leaves.reserve(n);
+  const Hyper h = ReadHyper(scalars.typed_data());
+  std::vector<Leaf> leaves;
+  leaves.reserve(n);
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     ffi::AnyBuffer in[4] = {*args.get<ffi::AnyBuffer>(i), *args.get<ffi::AnyBuffer>(n + i),
@@ -208,34 +156,26 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
         return ffi::Error::InvalidArgument("adam_jax fused Adam: results must match the leaves");
       }
     }
-    work->leaves.push_back(Leaf{in[0].typed_data<float>(), in[1].typed_data<float>(), in[2].typed_data<float>(),
+    leaves.push_back(Leaf{in[0].typed_data<float>(), in[1].typed_data<float>(), in[2].typed_data<float>(),
                                 in[3].typed_data<float>(), out[0]->typed_data<float>(), out[1]->typed_data<float>(),
                                 out[2]->typed_data<float>(), size, total});
     total += size;
   }
-  work->total = total;
-  work->chunk = kChunk;
-  work->num_chunks = (total + kChunk - 1) / kChunk;
-  if (work->num_chunks == 0) return ffi::Error::Success();
-
-  // The caller works too and waits only for the chunks, never for the helpers themselves: a helper that
-  // starts late finds no chunk left and returns, so a busy pool cannot deadlock the step.
-  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads() - 1, 0), work->num_chunks - 1);
-  for (int64_t k = 0; k < helpers; ++k) {
-    pool.Schedule([work] { work->Run(); });
-  }
-  work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->num_chunks) std::this_thread::yield();
+  // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
+  ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
+    const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
+    auto it = std::upper_bound(leaves.begin(), leaves.end(), lo,
+                               [](int64_t x, const Leaf& leaf) { return x < leaf.start; });
+    for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
+      const int64_t a = std::max(lo, leaf->start) - leaf->start;
+      const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
+      if (b > a) Segment(*leaf, a, b, h, decay != 0, scratch);
+    }
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
-
-#if defined(_WIN32)
-#define ADAM_JAX_EXPORT __declspec(dllexport)
-#else
-#define ADAM_JAX_EXPORT __attribute__((visibility("default")))
-#endif
 
 extern "C" ADAM_JAX_EXPORT XLA_FFI_Error* AdamJaxFusedAdam(XLA_FFI_CallFrame* call_frame);
 

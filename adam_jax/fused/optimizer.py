@@ -15,6 +15,7 @@ fused multiply-add, so its results are bitwise those of the chain (checked in th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import aliases
+from adam_jax import aliases, factored, quantization
 from adam_jax.fused import _library
 from adam_jax.moments import saturating_increment
 
@@ -54,12 +55,8 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _all_float32(*trees: Any) -> bool:
-    return all(jnp.result_type(x) == jnp.float32 for t in trees for x in jax.tree.leaves(t))
-
-
 def _kernel_call(scalars, p, g, m, v, decay: bool):
-    """One FFI call over lists of leaves; results aliased to params, mu, nu."""
+    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu."""
     k = len(p)
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*p, *m, *v)]
     aliases = {1 + i: i for i in range(k)}  # operand index -> result index
@@ -70,17 +67,66 @@ def _kernel_call(scalars, p, g, m, v, decay: bool):
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
-def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask) -> FusedTransformation:
+def _kernel8_call(scalars, p, g, m, v, decay: bool):
+    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size)."""
+    k = len(p)
+    block_size = m[0].block_size
+    operands = [*p, *g, *(q.codes for q in m), *(q.absmax for q in m), *(q.codes for q in v), *(q.absmax for q in v)]
+    # Results: params, mu codes, mu absmax, nu codes, nu absmax; operand j of group i is 2 + i * k + j.
+    groups = [0, 2, 3, 4, 5]
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for i in groups for x in operands[i * k : (i + 1) * k]]
+    aliases = {2 + i * k + j: r * k + j for r, i in enumerate(groups) for j in range(k)}
+    call = jax.ffi.ffi_call(_library.TARGET_8BIT, shapes, input_output_aliases=aliases)
+    maps = jnp.asarray(quantization.kernel_constants())
+    out = call(scalars, maps, *operands, decay=np.int32(decay), block_size=np.int32(block_size))
+    new_p, mc, ma, vc, va = (out[r * k : (r + 1) * k] for r in range(5))
+    new_m = [dataclasses.replace(q, codes=c, absmax=a) for q, c, a in zip(m, mc, ma)]
+    new_v = [dataclasses.replace(q, codes=c, absmax=a) for q, c, a in zip(v, vc, va)]
+    return new_p, new_m, new_v
+
+
+def _leaf_kind(p, g, m, v) -> tuple | None:
+    """Which kernel updates this leaf: ('f32',), ('8bit', block_size), or None (only the chain can)."""
+    f32 = jnp.dtype(jnp.float32)
+    if not (getattr(p, 'dtype', None) == f32 and getattr(g, 'dtype', None) == f32 and p.shape == g.shape):
+        return None
+    if quantization.is_quantized(m) and quantization.is_quantized(v):
+        if m.signed and not v.signed and m.block_size == v.block_size:
+            return ('8bit', m.block_size)
+        return None
+    if quantization.is_quantized(m) or quantization.is_quantized(v) or factored.is_factored(v):
+        return None
+    return ('f32',) if m.dtype == f32 and v.dtype == f32 else None
+
+
+KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
+
+
+def _compressed(x: Any) -> bool:
+    return quantization.is_quantized(x) or factored.is_factored(x)
+
+
+def _moment_leaves(tree: Any) -> list:
+    """The leaves of a moment tree, a quantized or factored moment counting as one."""
+    return jax.tree.leaves(tree, is_leaf=_compressed)
+
+
+def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
+    return jax.tree.structure(tree, is_leaf=_compressed)
+
+
+def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype) -> FusedTransformation:
+    storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     if weight_decay is None:
-        tx = aliases.adam(learning_rate, b1, b2, eps, eps_root)
+        tx = aliases.adam(learning_rate, b1, b2, eps, eps_root, **storage)
     else:
-        tx = aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask)
+        tx = aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask, **storage)
 
     def chain_step(params, grads, state):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def kernel_step(params, grads, state, decay_flags):
+    def kernel_step(params, grads, state, decay_flags, kinds):
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
@@ -105,20 +151,22 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask) -> FusedTra
             ]
         )
         p, treedef = jax.tree.flatten(params)
-        g, m, v = jax.tree.leaves(grads), jax.tree.leaves(moments.mu), jax.tree.leaves(moments.nu)
+        g, m, v = jax.tree.leaves(grads), _moment_leaves(moments.mu), _moment_leaves(moments.nu)
         new_p, new_m, new_v = list(p), list(m), list(v)
-        for decay in (False, True):
-            index = [i for i, flag in enumerate(decay_flags) if flag == decay]
+        # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
+        for group in sorted(set(zip(kinds, decay_flags))):
+            index = [i for i, key in enumerate(zip(kinds, decay_flags)) if key == group]
+            (kind, *_), decay = group
             for start in range(0, len(index), MAX_LEAVES_PER_CALL):
                 part = index[start : start + MAX_LEAVES_PER_CALL]
-                outs = _kernel_call(scalars, *([x[i] for i in part] for x in (p, g, m, v)), decay=decay)
+                outs = KERNELS[kind](scalars, *([x[i] for i in part] for x in (p, g, m, v)), decay=decay)
                 for target, out in zip((new_p, new_m, new_v), outs):
                     for i, x in zip(part, out):
                         target[i] = x
         moments = moments._replace(
             count=count,
-            mu=jax.tree.unflatten(jax.tree.structure(moments.mu), new_m),
-            nu=jax.tree.unflatten(jax.tree.structure(moments.nu), new_v),
+            mu=jax.tree.unflatten(_moment_structure(moments.mu), new_m),
+            nu=jax.tree.unflatten(_moment_structure(moments.nu), new_v),
         )
         return jax.tree.unflatten(treedef, new_p), ((moments, *direction_rest), *middle, lr_state)
 
@@ -134,16 +182,18 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask) -> FusedTra
     def step(params, grads, state):
         moments = state[0][0]
         flags = decay_flags(params)
-        same = jax.tree.structure(params) == jax.tree.structure(grads) == jax.tree.structure(moments.mu)
-        if not (
-            _library.available() and flags is not None and same and _all_float32(params, grads, moments.mu, moments.nu)
-        ):
+        kinds = None
+        structure = jax.tree.structure(params)
+        if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
+            leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
+            kinds = [_leaf_kind(*x) for x in zip(*leaves)]
+        if not (_library.available() and flags is not None and kinds is not None and None not in kinds):
             return chain_step(params, grads, state)
         return jax.lax.platform_dependent(
             params,
             grads,
             state,
-            cpu=lambda p, g, s: kernel_step(p, g, s, flags),
+            cpu=lambda p, g, s: kernel_step(p, g, s, flags, kinds),
             default=chain_step,
         )
 
@@ -156,6 +206,9 @@ def adam(
     b2: chex.Numeric = 0.999,
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nu_dtype: Any | None = None,
 ) -> FusedTransformation:
     r""":func:`adam_jax.adam` (Kingma & Ba 2014, Algorithm 1) with a fused, in-place ``step``.
 
@@ -169,7 +222,7 @@ def adam(
     ``init`` and ``update`` are the composed chain's; ``step(params, grads, state)`` returns
     ``(params, state)`` and runs the fused kernel on CPU when every leaf is float32.
     """
-    return _fused(learning_rate, b1, b2, eps, eps_root, None, None)
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype)
 
 
 def adamw(
@@ -181,6 +234,8 @@ def adamw(
     *,
     weight_decay: chex.Numeric = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> FusedTransformation:
     r""":func:`adam_jax.adamw` (Loshchilov & Hutter 2019) with a fused, in-place ``step``.
 
@@ -194,4 +249,4 @@ def adamw(
     returning one) splits the leaves into a decayed and an undecayed call; a mask of arrays makes
     ``step`` use the composed chain.
     """
-    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask)
+    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype)

@@ -1,0 +1,373 @@
+// One pass of Adam / AdamW with 8-bit block-wise moments (Dettmers et al. 2021) over every quantized leaf
+// of a parameter tree, called from JAX through the XLA FFI.
+//
+// Per block of block_size consecutive elements (row-major) the composed chain
+// scale_by_moments(mu_dtype='int8', nu_dtype='uint8') -> bias_correct -> scale_by_rms -> [decoupled_decay]
+// -> scale_by_learning_rate -> optax.apply_updates, as adam_jax/quantization.py and adam_kernel.cc write it:
+//
+//   m_old = Q_s[code_m] N_m        v_old = Q_u[code_v] N_v          (dequantize: a table of the map)
+//   m = fma(1 - b1, g, b1 m_old)   v = fma(1 - b2, g g, b2 v_old)   (float32)
+//   p = fma(-lr, [fma(wd, p,] (m r1) / (sqrt(fma(v, r2, eps_root)) + eps) [)], p)   (the moments before
+//                                                                     requantizing, as the chain uses them)
+//   N_m = max |m|, N_v = max |v| over the non-NaN elements of the block (as XLA's CPU reduction finds it)
+//   code_m = sign(m) round(fma(a, C1[e], C0[e])), a = min(|m| / N_m, 1), e = #{j >= 1 : a < 10^-j}
+//   code_v = round(fma(a, C1[e], C0[e])), a = clip(v / N_v, 0, 1)                 (requantize)
+//
+// round is to nearest even; x / N is x * (1 / N) (0 where N is 0), as XLA computes it. The tables Q and the
+// per-decade constants C1, C0 are an operand computed by adam_jax.quantization in float32, so both paths use
+// the same constants; with the same operations in the same order, one kernel step is bitwise the jitted
+// chain's (checked in the tests). A block is read and written once: 16 bytes per parameter instead of the
+// 28 of float32 Adam (the moments are updated in L1-resident scratch between the two passes).
+//
+// Operands: scalars f32[10], maps f32[kMapFloats], then params[n] f32, grads[n] f32, mu codes[n] s8,
+// mu absmax[n] f32, nu codes[n] u8, nu absmax[n] f32; results: params, mu codes, mu absmax, nu codes,
+// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "kernel_common.h"
+
+namespace ffi = xla::ffi;
+using namespace adam_jax_kernel;
+
+namespace {
+
+constexpr int kDecadesSigned = 7;    // e = 0..6 (adam_jax.quantization: k = 6 fraction bits)
+constexpr int kDecadesUnsigned = 8;  // e = 0..7 (k = 7)
+constexpr int kMapFloats = 256 + 256 + 10 * 8;
+
+// Views into the maps operand (adam_jax.quantization.kernel_constants): [signed table (code + 128) |
+// unsigned table | 10 rows of 8 decade constants: encoding's signed lower, C1, C0, unsigned lower, C1, C0
+// (unused slots hold lower = 0, never chosen), decoding's signed c, w, unsigned c, w].
+struct Maps {
+  const float *m_table, *v_table, *m_lower, *m_c1, *m_c0, *v_lower, *v_c1, *v_c0, *m_dc, *m_dw, *v_dc, *v_dw;
+
+  explicit Maps(const float* f)
+      : m_table(f + 128),
+        v_table(f + 256),
+        m_lower(f + 512),
+        m_c1(f + 520),
+        m_c0(f + 528),
+        v_lower(f + 536),
+        v_c1(f + 544),
+        v_c0(f + 552),
+        m_dc(f + 560),
+        m_dw(f + 568),
+        v_dc(f + 576),
+        v_dw(f + 584) {}
+};
+
+// float -> int32 as XLA converts the rounded value: NaN -> INT32_MIN, whose low byte (the code) is 0.
+inline int32_t ToInt(float r) { return r != r ? std::numeric_limits<int32_t>::min() : static_cast<int32_t>(r); }
+
+template <bool kFma>
+inline int32_t EncodeMagnitude(float a, const float* lower, const float* c1, const float* c0, int decades) {
+  int e = 0;
+  for (int j = 1; j < decades; ++j) e += a < lower[j];
+  return ToInt(std::nearbyint(Fma<kFma>(a, c1[e], c0[e])));
+}
+
+struct Block {
+  float* p;
+  const float* g;
+  int8_t* mc;
+  float* ma;  // this block's absmax: read (old), then written (new)
+  uint8_t* vc;
+  float* va;
+  int64_t n;
+};
+
+// Elements [from, n) of pass 1 in scalar code: the update, moments to scratch, running absmax.
+template <bool kFma, bool kDecay>
+inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps& q, float* mt, float* vt,
+                        float& amax_m, float& amax_v) {
+  const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2, old_m = *b.ma, old_v = *b.va;
+  for (int64_t i = from; i < b.n; ++i) {
+    const float gi = b.g[i];
+    const float m = Fma<kFma>(h.one_minus_b1, gi, h.b1 * (q.m_table[b.mc[i]] * old_m));
+    const float v = Fma<kFma>(h.one_minus_b2, gi * gi, h.b2 * (q.v_table[b.vc[i]] * old_v));
+    mt[i] = m;
+    vt[i] = v;
+    const float am = std::fabs(m), av = std::fabs(v);
+    amax_m = am > amax_m ? am : amax_m;  // a NaN element leaves the maximum as it is
+    amax_v = av > amax_v ? av : amax_v;
+    float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+    if constexpr (kDecay) d = Fma<kFma>(h.wd, b.p[i], d);
+    b.p[i] = Fma<kFma>(h.neg_lr, d, b.p[i]);
+  }
+}
+
+template <bool kFma>
+inline void Pass2Scalar(const Block& b, int64_t from, const Maps& q, const float* mt, const float* vt, float sm,
+                        float sv) {
+  for (int64_t i = from; i < b.n; ++i) {
+    const float x = mt[i] * sm;
+    const float ax = std::fabs(x);
+    const int32_t n = EncodeMagnitude<kFma>(ax > 1.0f ? 1.0f : ax, q.m_lower, q.m_c1, q.m_c0, kDecadesSigned);
+    b.mc[i] = static_cast<int8_t>(static_cast<uint8_t>(x < 0 ? 0u - static_cast<uint32_t>(n) : n));
+    float y = vt[i] * sv;
+    y = y < 0.0f ? 0.0f : y;
+    y = y > 1.0f ? 1.0f : y;
+    b.vc[i] = static_cast<uint8_t>(EncodeMagnitude<kFma>(y, q.v_lower, q.v_c1, q.v_c0, kDecadesUnsigned));
+  }
+}
+
+inline float Scale(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
+
+inline void Finish(const Block& b, float amax_m, float amax_v, float& sm, float& sv) {
+  *b.ma = amax_m;
+  *b.va = amax_v;
+  sm = Scale(amax_m);
+  sv = Scale(amax_v);
+}
+
+template <bool kFma, bool kDecay>
+void BlockPortable(const Block& b, const Hyper& h, const Maps& q, float* mt, float* vt) {
+  float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
+  Pass1Scalar<kFma, kDecay>(b, 0, h, q, mt, vt, amax_m, amax_v);
+  Finish(b, amax_m, amax_v, sm, sv);
+  Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ADAM_JAX_AVX2 __attribute__((target("avx2,fma")))
+
+ADAM_JAX_AVX2 inline float MaxLanes(__m256 x) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+// round(fma(a, C1[e], C0[e])) as int32, e = #{j >= 1 : a < lower[j]} (an index into 8 lanes).
+ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, const __m256* lower, int decades, __m256 c1, __m256 c0) {
+  __m256i e = _mm256_setzero_si256();
+  for (int j = 1; j < decades; ++j) e = _mm256_sub_epi32(e, _mm256_castps_si256(_mm256_cmp_ps(a, lower[j], _CMP_LT_OQ)));
+  const __m256 t = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(c1, e), _mm256_permutevar8x32_ps(c0, e));
+  return _mm256_cvtps_epi32(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Q(|x|) with the sign of x for float codes x: (|x| - c[e]) w[e], e = clamp(k + 127 - exponent bits of |x|,
+// 0, k), which is decode's choice of decade (its thresholds are the powers of two 2^(k-e+1)).
+ADAM_JAX_AVX2 inline __m256 Decode8(__m256 x, int k, __m256 c, __m256 w) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
+  const __m256 ax = _mm256_andnot_ps(sign, x);
+  __m256i e = _mm256_sub_epi32(_mm256_set1_epi32(k + 127), _mm256_srli_epi32(_mm256_castps_si256(ax), 23));
+  e = _mm256_min_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), _mm256_set1_epi32(k));
+  const __m256 q = _mm256_mul_ps(_mm256_sub_ps(ax, _mm256_permutevar8x32_ps(c, e)), _mm256_permutevar8x32_ps(w, e));
+  return _mm256_or_ps(q, _mm256_and_ps(sign, x));
+}
+
+// The low byte of each int32 lane, as 8 consecutive bytes.
+ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
+}
+
+template <bool kDecay>
+ADAM_JAX_AVX2 void BlockAvx2(const Block& b, const Hyper& h, const Maps& q, float* mt, float* vt) {
+  const int64_t n8 = b.n & ~int64_t{7};
+  const __m256 one_minus_b1 = _mm256_set1_ps(h.one_minus_b1), b1 = _mm256_set1_ps(h.b1);
+  const __m256 one_minus_b2 = _mm256_set1_ps(h.one_minus_b2), b2 = _mm256_set1_ps(h.b2);
+  const __m256 r1 = _mm256_set1_ps(1.0f / h.c1), r2 = _mm256_set1_ps(1.0f / h.c2);
+  const __m256 eps_root = _mm256_set1_ps(h.eps_root), eps = _mm256_set1_ps(h.eps);
+  const __m256 wd = _mm256_set1_ps(h.wd), neg_lr = _mm256_set1_ps(h.neg_lr);
+  const __m256 old_m = _mm256_set1_ps(*b.ma), old_v = _mm256_set1_ps(*b.va);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 m_dc = _mm256_loadu_ps(q.m_dc), m_dw = _mm256_loadu_ps(q.m_dw);
+  const __m256 v_dc = _mm256_loadu_ps(q.v_dc), v_dw = _mm256_loadu_ps(q.v_dw);
+  __m256 amax_m8 = _mm256_setzero_ps(), amax_v8 = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256i cm = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.mc + i)));
+    const __m256i cv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.vc + i)));
+    const __m256 mo = _mm256_mul_ps(Decode8(_mm256_cvtepi32_ps(cm), kDecadesSigned - 1, m_dc, m_dw), old_m);
+    const __m256 vo = _mm256_mul_ps(Decode8(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw), old_v);
+    const __m256 g = _mm256_loadu_ps(b.g + i);
+    const __m256 m = _mm256_fmadd_ps(one_minus_b1, g, _mm256_mul_ps(b1, mo));
+    const __m256 v = _mm256_fmadd_ps(one_minus_b2, _mm256_mul_ps(g, g), _mm256_mul_ps(b2, vo));
+    _mm256_storeu_ps(mt + i, m);
+    _mm256_storeu_ps(vt + i, v);
+    amax_m8 = _mm256_max_ps(_mm256_and_ps(m, abs_mask), amax_m8);  // NaN in the first operand: keeps amax_m8
+    amax_v8 = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax_v8);
+    __m256 d = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(v, r2, eps_root)), eps));
+    const __m256 p = _mm256_loadu_ps(b.p + i);
+    if constexpr (kDecay) d = _mm256_fmadd_ps(wd, p, d);
+    _mm256_storeu_ps(b.p + i, _mm256_fmadd_ps(neg_lr, d, p));
+  }
+  float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
+  Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
+  Finish(b, amax_m, amax_v, sm, sv);
+
+  __m256 m_lower[8], v_lower[8];
+  for (int j = 0; j < 8; ++j) {
+    m_lower[j] = _mm256_set1_ps(q.m_lower[j]);
+    v_lower[j] = _mm256_set1_ps(q.v_lower[j]);
+  }
+  const __m256 m_c1 = _mm256_loadu_ps(q.m_c1), m_c0 = _mm256_loadu_ps(q.m_c0);
+  const __m256 v_c1 = _mm256_loadu_ps(q.v_c1), v_c0 = _mm256_loadu_ps(q.v_c0);
+  const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
+    // min_ps / max_ps return their second operand when either is NaN: NaN stays NaN, as in XLA.
+    const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
+    const __m256i n = EncodeMagnitude8(a, m_lower, kDecadesSigned, m_c1, m_c0);
+    StoreLowBytes(b.mc + i, _mm256_sign_epi32(n, _mm256_castps_si256(x)));  // -n where x < 0 (n = 0 at x = 0)
+    const __m256 y = _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v)));
+    StoreLowBytes(b.vc + i, EncodeMagnitude8(y, v_lower, kDecadesUnsigned, v_c1, v_c0));
+  }
+  Pass2Scalar<true>(b, n8, q, mt, vt, sm, sv);
+}
+
+bool HasAvx2Fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#define ADAM_JAX_HAVE_AVX2_PATH 1
+#endif
+
+using BlockFn = void (*)(const Block&, const Hyper&, const Maps&, float*, float*);
+
+BlockFn ChooseBlockFn(bool decay) {
+#if defined(ADAM_JAX_HAVE_AVX2_PATH)
+  static const bool avx2 = HasAvx2Fma();
+  if (avx2) return decay ? BlockAvx2<true> : BlockAvx2<false>;
+#endif
+#if defined(__aarch64__) || defined(__FMA__)
+  constexpr bool kFma = true;  // the baseline of this target has FMA, as XLA's code uses
+#else
+  constexpr bool kFma = false;
+#endif
+  return decay ? BlockPortable<kFma, true> : BlockPortable<kFma, false>;
+}
+
+struct Leaf8 {
+  const float *p_in, *g;
+  const int8_t* mc_in;
+  const float* ma_in;
+  const uint8_t* vc_in;
+  const float* va_in;
+  float* p;
+  int8_t* mc;
+  float* ma;
+  uint8_t* vc;
+  float* va;
+  int64_t size;
+};
+
+struct Item {
+  int64_t leaf, first_block, num_blocks;
+};
+
+template <typename T>
+void CopyIfNotAliased(T* out, const T* in, int64_t n) {
+  if (out != in) std::memmove(out, in, n * sizeof(T));
+}
+
+// Blocks [first, first + count) of one leaf.
+void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Hyper& h, const Maps& q,
+             BlockFn fn, std::vector<float>& scratch) {
+  const int64_t lo = first * block_size, hi = std::min(leaf.size, (first + count) * block_size), n = hi - lo;
+  CopyIfNotAliased(leaf.p + lo, leaf.p_in + lo, n);
+  CopyIfNotAliased(leaf.mc + lo, leaf.mc_in + lo, n);
+  CopyIfNotAliased(leaf.vc + lo, leaf.vc_in + lo, n);
+  CopyIfNotAliased(leaf.ma + first, leaf.ma_in + first, count);
+  CopyIfNotAliased(leaf.va + first, leaf.va_in + first, count);
+  scratch.resize(2 * block_size + (Overlaps(leaf.g + lo, n * 4, leaf.p + lo, n * 4) ? n : 0));
+  const float* g = leaf.g;
+  if (scratch.size() > static_cast<size_t>(2 * block_size)) {  // the same array passed as params and grads
+    std::memcpy(scratch.data() + 2 * block_size, leaf.g + lo, n * sizeof(float));
+    g = scratch.data() + 2 * block_size - lo;
+  }
+  for (int64_t k = first; k < first + count; ++k) {
+    const int64_t a = k * block_size, b = std::min(leaf.size, a + block_size);
+    fn(Block{leaf.p + a, g + a, leaf.mc + a, leaf.ma + k, leaf.vc + a, leaf.va + k, b - a}, h, q, scratch.data(),
+       scratch.data() + block_size);
+  }
+}
+
+ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> maps,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size) {
+  if (scalars.element_count() != kNumScalars) {
+    return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 10 scalars");
+  }
+  if (maps.element_count() != kMapFloats) {
+    return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected the 592 constants of adam_jax.quantization.kernel_constants()");
+  }
+  if (block_size < 1) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: block_size must be >= 1");
+  const size_t n = rets.size() / 5;
+  if (rets.size() != 5 * n || args.size() != 6 * n) {
+    return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 6n operands after the maps, 5n results");
+  }
+  const Hyper h = ReadHyper(scalars.typed_data());
+  const Maps q(maps.typed_data());
+  std::vector<Leaf8> leaves;
+  std::vector<Item> items;
+  leaves.reserve(n);
+  const int64_t blocks_per_item = std::max<int64_t>(1, kItemElements / block_size);
+  for (size_t i = 0; i < n; ++i) {
+    ffi::AnyBuffer in[6] = {*args.get<ffi::AnyBuffer>(i),         *args.get<ffi::AnyBuffer>(n + i),
+                            *args.get<ffi::AnyBuffer>(2 * n + i), *args.get<ffi::AnyBuffer>(3 * n + i),
+                            *args.get<ffi::AnyBuffer>(4 * n + i), *args.get<ffi::AnyBuffer>(5 * n + i)};
+    ffi::Result<ffi::AnyBuffer> out[5] = {*rets.get<ffi::AnyBuffer>(i), *rets.get<ffi::AnyBuffer>(n + i),
+                                          *rets.get<ffi::AnyBuffer>(2 * n + i), *rets.get<ffi::AnyBuffer>(3 * n + i),
+                                          *rets.get<ffi::AnyBuffer>(4 * n + i)};
+    const int64_t size = static_cast<int64_t>(in[0].element_count());
+    const int64_t num_blocks = (size + block_size - 1) / block_size;
+    const ffi::DataType in_types[6] = {ffi::F32, ffi::F32, ffi::S8, ffi::F32, ffi::U8, ffi::F32};
+    const int64_t in_sizes[6] = {size, size, size, num_blocks, size, num_blocks};
+    for (int j = 0; j < 6; ++j) {
+      if (in[j].element_type() != in_types[j] || static_cast<int64_t>(in[j].element_count()) != in_sizes[j]) {
+        return ffi::Error::InvalidArgument(
+            "adam_jax fused 8-bit Adam: each leaf needs f32 params and grads, s8 mu codes, u8 nu codes of its size "
+            "and f32 absmax of one per block");
+      }
+    }
+    for (int j = 0; j < 5; ++j) {
+      const int k = j == 0 ? 0 : j + 1;  // results: params, mu codes, mu absmax, nu codes, nu absmax
+      if (out[j]->element_type() != in_types[k] || static_cast<int64_t>(out[j]->element_count()) != in_sizes[k]) {
+        return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: results must match the operands");
+      }
+    }
+    leaves.push_back(Leaf8{in[0].typed_data<float>(), in[1].typed_data<float>(),
+                           static_cast<const int8_t*>(in[2].untyped_data()), in[3].typed_data<float>(),
+                           static_cast<const uint8_t*>(in[4].untyped_data()), in[5].typed_data<float>(),
+                           out[0]->typed_data<float>(), static_cast<int8_t*>(out[1]->untyped_data()),
+                           out[2]->typed_data<float>(), static_cast<uint8_t*>(out[3]->untyped_data()),
+                           out[4]->typed_data<float>(), size});
+    for (int64_t first = 0; first < num_blocks; first += blocks_per_item) {
+      items.push_back(Item{static_cast<int64_t>(i), first, std::min(blocks_per_item, num_blocks - first)});
+    }
+  }
+  const BlockFn fn = ChooseBlockFn(decay != 0);
+  ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t k, std::vector<float>& scratch) {
+    const Item& item = items[k];
+    RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, h, q, fn, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" ADAM_JAX_EXPORT XLA_FFI_Error* AdamJaxFusedAdam8(XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam8, Adam8Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int32_t>("decay")
+                                  .Attr<int32_t>("block_size"));

@@ -1,0 +1,172 @@
+"""The fused 8-bit Adam/AdamW step (adam8_kernel.cc) against the composed chain with 8-bit state.
+
+The kernel dequantizes, updates and requantizes each block with the float32 operations and constants that
+XLA compiles adam_jax.quantization's encode/decode to, so a step from the same inputs is bitwise the
+jitted chain's: params, codes and absmax. Tests that need the kernel say why they cannot run where it is
+not built; the fallback tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adam_jax
+from adam_jax import fused
+from adam_jax.fused import _library
+
+needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
+EIGHT_BIT = dict(mu_dtype='int8', nu_dtype='uint8')
+
+
+def chain_step(opt):
+    def step(params, grads, state):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def calls(fn, *args) -> dict[str, int]:
+    text = jax.jit(fn).lower(*args).as_text()
+    return {
+        name: text.count(f'custom_call @{target}(')
+        for name, target in (('f32', _library.TARGET), ('8bit', _library.TARGET_8BIT))
+    }
+
+
+def leaves_equal(a, b) -> bool:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y), equal_nan=np.issubdtype(np.asarray(x).dtype, np.floating))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def tree(seed=0):
+    """Quantized leaves (a matrix, a vector whose last block is partial) and a small float32 one."""
+    rng = np.random.default_rng(seed)
+    return {
+        'kernel': jnp.asarray(rng.normal(size=(96, 130)), jnp.float32),
+        'vector': jnp.asarray(rng.normal(size=(5003,)), jnp.float32),
+        'bias': jnp.asarray(rng.normal(size=(130,)), jnp.float32),
+    }
+
+
+def grads_at(params, t, seed=1):
+    rng = np.random.default_rng(seed + t)
+    return jax.tree.map(lambda p: 0.001 * p + jnp.asarray(0.01 * rng.normal(size=p.shape), jnp.float32), params)
+
+
+CASES = {
+    'adam': lambda: fused.adam(1e-2, **EIGHT_BIT),
+    'adamw-mask': lambda: fused.adamw(
+        1e-2, weight_decay=0.1, mask={'kernel': True, 'vector': False, 'bias': False}, **EIGHT_BIT
+    ),
+    'adamw-schedule-block-100': lambda: fused.adamw(
+        optax.linear_schedule(3e-2, 1e-3, 50),
+        b1=0.8,
+        b2=0.99,
+        eps=1e-6,
+        eps_root=1e-9,
+        weight_decay=0.05,
+        mu_dtype=adam_jax.BlockQuantized(signed=True, block_size=100),
+        nu_dtype=adam_jax.BlockQuantized(signed=False, block_size=100),
+    ),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize('case', CASES)
+def test_every_kernel_step_is_bitwise_the_jitted_chain_over_40_steps(case):
+    opt = CASES[case]()
+    params = tree()
+    state = opt.init(params)
+    n = calls(opt.step, params, params, state)
+    assert n['8bit'] >= 1 and n['f32'] >= 1  # the small leaf stays float32 and takes the float32 kernel
+    kernel, chain = jax.jit(opt.step), jax.jit(chain_step(opt))
+    for t in range(40):
+        grads = grads_at(params, t)
+        got, want = kernel(params, grads, state), chain(params, grads, state)
+        assert leaves_equal(got, want), f'step {t}'
+        params, state = want
+    mu = state[0][0].mu['kernel']
+    assert isinstance(mu, adam_jax.QuantizedArray) and np.count_nonzero(np.asarray(mu.codes)) > 1000
+    assert float(jnp.max(jnp.abs(params['kernel'] - tree()['kernel']))) > 0.05  # the params moved
+
+
+@needs_kernel
+def test_donated_step_is_in_place_and_undonated_step_leaves_inputs_alone():
+    opt = fused.adam(1e-2, **EIGHT_BIT)
+    params = jnp.linspace(-1.0, 1.0, 70001, dtype=jnp.float32)
+    grads = jnp.cos(3 * params)
+    state = opt.init(params)
+    state = jax.jit(chain_step(opt))(params, grads, state)[1]  # non-zero codes and absmax
+    want = jax.jit(chain_step(opt))(params, grads, state)
+
+    kept = jax.tree.map(np.asarray, (params, state))
+    got = jax.jit(opt.step)(params, grads, state)
+    assert leaves_equal(got, want)
+    assert leaves_equal((params, state), kept)
+
+    params, state = jax.tree.map(lambda x: x + 0, (params, state))  # buffers no NumPy view refers to
+    mu = state[0][0].mu
+    pointers = params.unsafe_buffer_pointer(), mu.codes.unsafe_buffer_pointer(), mu.absmax.unsafe_buffer_pointer()
+    new_params, new_state = jax.jit(opt.step, donate_argnums=(0, 2))(params, grads, state)
+    new_mu = new_state[0][0].mu
+    assert (
+        new_params.unsafe_buffer_pointer(),
+        new_mu.codes.unsafe_buffer_pointer(),
+        new_mu.absmax.unsafe_buffer_pointer(),
+    ) == pointers
+    assert leaves_equal((new_params, new_state), want)
+
+
+@needs_kernel
+def test_same_array_as_params_and_grads_and_non_finite_gradients():
+    opt = fused.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)
+    params = jnp.linspace(-2.0, 2.0, 9000, dtype=jnp.float32)
+    state = opt.init(params)
+    got = jax.jit(opt.step, donate_argnums=(0,))(params + 0, params + 0, state)
+    assert leaves_equal(got, jax.jit(chain_step(opt))(params, params, state))
+
+    grads = params.at[300].set(jnp.nan).at[5000].set(jnp.inf)  # blocks 1 and 19
+    got = jax.jit(opt.step)(params, grads, state)
+    want = jax.jit(chain_step(opt))(params, grads, state)
+    assert leaves_equal(got, want)
+    absmax = np.asarray(got[1][0][0].mu.absmax)  # XLA's reduction skips the NaN; the inf takes its block's max
+    assert np.isfinite(absmax[1]) and np.isinf(absmax[19]) and np.isnan(np.asarray(got[0])[[300, 5000]]).all()
+
+
+def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
+    params = tree()
+    grads = grads_at(params, 0)
+    for opt in (
+        fused.adam(1e-2, mu_dtype='int8', nu_dtype=jnp.bfloat16),
+        fused.adam(1e-2, mu_dtype='int8', nu_dtype=adam_jax.Factored()),
+        fused.adam(1e-2, mu_dtype='int8', nu_dtype=adam_jax.BlockQuantized(signed=False, block_size=128)),
+    ):
+        state = opt.init(params)
+        assert calls(opt.step, params, grads, state)['8bit'] == 0
+        assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+
+    monkeypatch.setattr(_library, 'available', lambda: False)
+    opt = fused.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)
+    state = opt.init(params)
+    assert calls(opt.step, params, grads, state) == {'f32': 0, '8bit': 0}
+    want = jax.jit(chain_step(adam_jax.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)))(params, grads, state)
+    assert leaves_equal(jax.jit(opt.step)(params, grads, state), want)
+
+
+def test_fused_8bit_state_is_the_chain_state():
+    params = tree()
+    opt = fused.adamw(1e-3, weight_decay=0.1, **EIGHT_BIT)
+    state = opt.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(
+        adam_jax.adamw(1e-3, weight_decay=0.1, **EIGHT_BIT).init(params)
+    )
+    nbytes = adam_jax.state_nbytes(state)
+    assert nbytes.total < 0.27 * adam_jax.state_nbytes(fused.adam(1e-3).init(params)).total
