@@ -5,12 +5,22 @@ parameter. XLA's CPU backend splits the composed chain into three loops per leaf
 launches them for every leaf. :func:`adam` and :func:`adamw` here return the same optimizers as
 :func:`adam_jax.adam` and :func:`adam_jax.adamw` (their ``init`` and ``update`` *are* the composed
 chain, state included), plus a ``step(params, grads, state) -> (params, state)`` that applies the
-update too. On CPU, with every leaf float32 and the kernel built, ``step`` is one C++ call over all
-leaves that updates params and moments in the buffers it was given (donate them, see
-:func:`adam_jax.make_train_step`); anywhere else it is ``update`` followed by ``optax.apply_updates``.
+update too. On CPU, with the kernels built, ``step`` is one C++ call per group of leaves that updates
+params and moments in the buffers it was given (donate them, see :func:`adam_jax.make_train_step`):
 
-The kernel performs the chain's float32 operations in the chain's order, with no reassociation and no
-fused multiply-add, so its results are bitwise those of the chain (checked in the tests).
+- float32 params with float32 moments: ``adam_kernel.cc``, 28 B/param;
+- float32 params with 8-bit moments (``mu_dtype='int8', nu_dtype='uint8'``, or signed/unsigned
+  :class:`~adam_jax.BlockQuantized` specs of one block size): ``adam8_kernel.cc``, which dequantizes,
+  updates and requantizes each block in cache, 16 B/param (leaves below ``min_size`` keep float32
+  moments and take the first kernel).
+
+Anywhere else (GPU/TPU, other dtypes, bf16 or factored moments, a mask of arrays, no kernel) ``step`` is
+``update`` followed by ``optax.apply_updates``, the composed chain under jit.
+
+The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
+``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
+per-decade constants of the dynamic map, from :func:`adam_jax.quantization.kernel_constants`), so one
+step is bitwise the jitted chain's (checked in the tests).
 """
 
 from __future__ import annotations
@@ -220,7 +230,8 @@ def adam(
        + \epsilon}
 
     ``init`` and ``update`` are the composed chain's; ``step(params, grads, state)`` returns
-    ``(params, state)`` and runs the fused kernel on CPU when every leaf is float32.
+    ``(params, state)`` and runs the fused kernels on CPU for float32 params whose moments are float32
+    or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``); other storage runs the chain.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype)
 
@@ -244,8 +255,9 @@ def adamw(
        \theta_t = \theta_{t-1} - \alpha_t \left(\frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
        + \lambda \theta_{t-1}\right)
 
-    ``weight_decay`` and ``mask`` are keyword-only (positionally, :func:`adam_jax.adamw` has ``mu_dtype``
-    there; the kernel is float32 only). A ``mask`` of Python booleans (or a function of the params
+    ``weight_decay``, ``mask``, ``mu_dtype`` and ``nu_dtype`` are keyword-only (positionally,
+    :func:`adam_jax.adamw` has ``mu_dtype`` where ``weight_decay`` would be). The kernels take float32 params
+    with float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``) moments; other storage runs the chain. A ``mask`` of Python booleans (or a function of the params
     returning one) splits the leaves into a decayed and an undecayed call; a mask of arrays makes
     ``step`` use the composed chain.
     """
