@@ -170,3 +170,42 @@ def test_fused_8bit_state_is_the_chain_state():
     )
     nbytes = adam_jax.state_nbytes(state)
     assert nbytes.total < 0.27 * adam_jax.state_nbytes(fused.adam(1e-3).init(params)).total
+
+
+@needs_kernel
+def test_every_code_decodes_and_every_decade_encodes_as_in_the_chain():
+    opt = fused.adam(1e-3, **EIGHT_BIT)
+    rng = np.random.default_rng(5)
+    size = 256 * 64
+    params = jnp.asarray(rng.normal(size=size), jnp.float32)
+    state = opt.init(params)
+    (moments, *rest), *tail = state
+    mu = adam_jax.QuantizedArray(
+        codes=jnp.asarray(np.resize(np.arange(-127, 128), size), jnp.int8),
+        absmax=jnp.asarray(rng.uniform(0.0, 1.0, size // 256), jnp.float32),
+        block_size=256,
+    )
+    nu = adam_jax.QuantizedArray(
+        codes=jnp.asarray(np.resize(np.arange(256), size), jnp.uint8),
+        absmax=jnp.asarray(rng.uniform(0.0, 1e-3, size // 256), jnp.float32),
+        block_size=256,
+    )
+    state = ((moments._replace(count=jnp.int32(9), mu=mu, nu=nu), *rest), *tail)
+    # Gradients over 12 decades, so that the new moments fall in every decade of both maps.
+    grads = jnp.asarray(rng.choice([-1, 1], size) * 10.0 ** rng.uniform(-12, 0, size), jnp.float32)
+    got, want = jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state)
+    assert leaves_equal(got, want)
+    new_mu, new_nu = got[1][0][0].mu, got[1][0][0].nu
+    assert len(np.unique(np.asarray(new_mu.codes))) > 200 and len(np.unique(np.asarray(new_nu.codes))) > 200
+
+
+def test_the_kernels_decade_formula_matches_the_float32_thresholds():
+    """adam8_kernel.cc finds the decade of a in [0, 1] from its binary exponent b: the thresholds 10^-j at or
+    above 2^(126 - b) number ((126 - b) * 19729) >> 16, and at most one lies inside the binade."""
+    for signed in (True, False):
+        lower, _, _ = adam_jax.quantization.encode_constants(signed)
+        k = lower.size - 1
+        for b in range(0, 128):
+            top = 2.0 ** (b - 126)
+            assert sum(float(x) >= top for x in lower[1:]) == min((max(126 - b, 0) * 19729) >> 16, k)
+            assert sum(top / 2 <= float(x) < top for x in lower[1:]) <= 1

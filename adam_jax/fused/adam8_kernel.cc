@@ -148,23 +148,33 @@ ADAM_JAX_AVX2 inline float MaxLanes(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
-// round(fma(a, C1[e], C0[e])) as int32, e = #{j >= 1 : a < lower[j]} (an index into 8 lanes).
-ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, const __m256* lower, int decades, __m256 c1, __m256 c0) {
-  __m256i e = _mm256_setzero_si256();
-  for (int j = 1; j < decades; ++j) e = _mm256_sub_epi32(e, _mm256_castps_si256(_mm256_cmp_ps(a, lower[j], _CMP_LT_OQ)));
-  const __m256 t = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(c1, e), _mm256_permutevar8x32_ps(c0, e));
-  return _mm256_cvtps_epi32(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+// round(fma(a, C1[e], C0[e])) as int32 for a in [0, 1] or NaN, with e = #{1 <= j <= k : a < lower[j]} found
+// from the binary exponent of a: of the thresholds 10^-j, those at or above the top 2^(126 - b) of a's binade
+// (b: biased exponent) number e0 = floor((126 - b) log10 2) = ((126 - b) 19729) >> 16 (exact for every
+// binade of float32, checked in the tests), and at most one more lies inside the binade (10 > 2), so one
+// compare with next_lower[e0] = lower[e0 + 1] settles e (next_lower[k] = 0: never). A NaN gives e = 0 and
+// converts to INT32_MIN (code 0), as in XLA. The conversion rounds to nearest even (the MXCSR default).
+ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, int k, __m256 next_lower, __m256 c1, __m256 c0) {
+  const __m256i top = _mm256_sub_epi32(_mm256_set1_epi32(126), _mm256_srli_epi32(_mm256_castps_si256(a), 23));
+  const __m256i m = _mm256_max_epi32(top, _mm256_setzero_si256());
+  __m256i e = _mm256_min_epi32(_mm256_srli_epi32(_mm256_mullo_epi32(m, _mm256_set1_epi32(19729)), 16),
+                               _mm256_set1_epi32(k));
+  e = _mm256_sub_epi32(e, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_permutevar8x32_ps(next_lower, e), _CMP_LT_OQ)));
+  return _mm256_cvtps_epi32(_mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(c1, e), _mm256_permutevar8x32_ps(c0, e)));
 }
 
-// Q(|x|) with the sign of x for float codes x: (|x| - c[e]) w[e], e = clamp(k + 127 - exponent bits of |x|,
-// 0, k), which is decode's choice of decade (its thresholds are the powers of two 2^(k-e+1)).
-ADAM_JAX_AVX2 inline __m256 Decode8(__m256 x, int k, __m256 c, __m256 w) {
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
-  const __m256 ax = _mm256_andnot_ps(sign, x);
-  __m256i e = _mm256_sub_epi32(_mm256_set1_epi32(k + 127), _mm256_srli_epi32(_mm256_castps_si256(ax), 23));
+// Q(n) for float magnitudes n: (n - c[e]) w[e], e = min(k + 127 - exponent bits of n, k), which is decode's
+// choice of decade (its thresholds are the powers of two 2^(k-e+1)); n = 0 falls in decade k (Q = 0).
+ADAM_JAX_AVX2 inline __m256 DecodeMagnitude8(__m256 n, int k, __m256 c, __m256 w) {
+  __m256i e = _mm256_sub_epi32(_mm256_set1_epi32(k + 127), _mm256_srli_epi32(_mm256_castps_si256(n), 23));
   e = _mm256_min_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), _mm256_set1_epi32(k));
-  const __m256 q = _mm256_mul_ps(_mm256_sub_ps(ax, _mm256_permutevar8x32_ps(c, e)), _mm256_permutevar8x32_ps(w, e));
-  return _mm256_or_ps(q, _mm256_and_ps(sign, x));
+  return _mm256_mul_ps(_mm256_sub_ps(n, _mm256_permutevar8x32_ps(c, e)), _mm256_permutevar8x32_ps(w, e));
+}
+
+// The signed map: Q(|x|) with the sign of x, for float codes x.
+ADAM_JAX_AVX2 inline __m256 DecodeSigned8(__m256 x, __m256 c, __m256 w) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
+  return _mm256_or_ps(DecodeMagnitude8(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w), _mm256_and_ps(sign, x));
 }
 
 // The low byte of each int32 lane, as 8 consecutive bytes.
@@ -191,8 +201,8 @@ ADAM_JAX_AVX2 void BlockAvx2(const Block& b, const Hyper& h, const Maps& q, floa
   for (int64_t i = 0; i < n8; i += 8) {
     const __m256i cm = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.mc + i)));
     const __m256i cv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.vc + i)));
-    const __m256 mo = _mm256_mul_ps(Decode8(_mm256_cvtepi32_ps(cm), kDecadesSigned - 1, m_dc, m_dw), old_m);
-    const __m256 vo = _mm256_mul_ps(Decode8(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw), old_v);
+    const __m256 mo = _mm256_mul_ps(DecodeSigned8(_mm256_cvtepi32_ps(cm), m_dc, m_dw), old_m);
+    const __m256 vo = _mm256_mul_ps(DecodeMagnitude8(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw), old_v);
     const __m256 g = _mm256_loadu_ps(b.g + i);
     const __m256 m = _mm256_fmadd_ps(one_minus_b1, g, _mm256_mul_ps(b1, mo));
     const __m256 v = _mm256_fmadd_ps(one_minus_b2, _mm256_mul_ps(g, g), _mm256_mul_ps(b2, vo));
@@ -209,23 +219,25 @@ ADAM_JAX_AVX2 void BlockAvx2(const Block& b, const Hyper& h, const Maps& q, floa
   Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
   Finish(b, amax_m, amax_v, sm, sv);
 
-  __m256 m_lower[8], v_lower[8];
-  for (int j = 0; j < 8; ++j) {
-    m_lower[j] = _mm256_set1_ps(q.m_lower[j]);
-    v_lower[j] = _mm256_set1_ps(q.v_lower[j]);
+  float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade
+  for (int e = 0; e < 8; ++e) {
+    m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
+    v_next[e] = e + 1 < kDecadesUnsigned ? q.v_lower[e + 1] : 0.0f;
   }
+  const __m256 m_next_lower = _mm256_loadu_ps(m_next), v_next_lower = _mm256_loadu_ps(v_next);
   const __m256 m_c1 = _mm256_loadu_ps(q.m_c1), m_c0 = _mm256_loadu_ps(q.m_c0);
   const __m256 v_c1 = _mm256_loadu_ps(q.v_c1), v_c0 = _mm256_loadu_ps(q.v_c0);
   const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
   for (int64_t i = 0; i < n8; i += 8) {
     const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
-    // min_ps / max_ps return their second operand when either is NaN: NaN stays NaN, as in XLA.
+    // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
     const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
-    const __m256i n = EncodeMagnitude8(a, m_lower, kDecadesSigned, m_c1, m_c0);
+    const __m256i n = EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0);
     StoreLowBytes(b.mc + i, _mm256_sign_epi32(n, _mm256_castps_si256(x)));  // -n where x < 0 (n = 0 at x = 0)
-    const __m256 y = _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v)));
-    StoreLowBytes(b.vc + i, EncodeMagnitude8(y, v_lower, kDecadesUnsigned, v_c1, v_c0));
+    // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
+    const __m256 y = _mm256_min_ps(one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), zero));
+    StoreLowBytes(b.vc + i, EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0));
   }
   Pass2Scalar<true>(b, n8, q, mt, vt, sm, sv);
 }

@@ -257,8 +257,8 @@ def adamw(
 
     ``weight_decay``, ``mask``, ``mu_dtype`` and ``nu_dtype`` are keyword-only (positionally,
     :func:`adam_jax.adamw` has ``mu_dtype`` where ``weight_decay`` would be). The kernels take float32 params
-    with float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``) moments; other storage runs the chain. A ``mask`` of Python booleans (or a function of the params
-    returning one) splits the leaves into a decayed and an undecayed call; a mask of arrays makes
-    ``step`` use the composed chain.
+    with float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``) moments; other storage runs the chain.
+    A ``mask`` of Python booleans (or a function of the params returning one) splits the leaves into a
+    decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype)
