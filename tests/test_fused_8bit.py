@@ -209,3 +209,25 @@ def test_the_kernels_decade_formula_matches_the_float32_thresholds():
             top = 2.0 ** (b - 126)
             assert sum(float(x) >= top for x in lower[1:]) == min((max(126 - b, 0) * 19729) >> 16, k)
             assert sum(top / 2 <= float(x) < top for x in lower[1:]) <= 1
+
+
+@needs_kernel
+@pytest.mark.parametrize('storage', [{}, EIGHT_BIT], ids=['float32', '8-bit'])
+def test_vmapped_step_is_bitwise_the_vmapped_chain(storage):
+    # Three independent problems, as when vmapping over seeds, at different step counts (so with different
+    # bias corrections and learning rates): the kernel gets one set of scalars per problem.
+    opt = fused.adamw(optax.linear_schedule(3e-2, 1e-3, 20), weight_decay=0.1, **storage)
+    scales = jnp.array([1.0, -0.5, 2.0])
+    params = jax.vmap(lambda s: jax.tree.map(lambda p: p * s, tree(0)))(scales)
+    (moments, *rest), *tail = jax.vmap(opt.init)(params)
+    counts = jnp.array([0, 5, 12], jnp.int32)
+    tail = [t._replace(count=counts) if 'count' in getattr(t, '_fields', ()) else t for t in tail]
+    state = ((moments._replace(count=counts), *rest), *tail)
+    kernel, chain = jax.jit(jax.vmap(opt.step)), jax.jit(jax.vmap(chain_step(opt)))
+    assert calls(jax.vmap(opt.step), params, params, state)['8bit' if storage else 'f32'] >= 1
+    for t in range(5):
+        grads = jax.vmap(lambda p, t=t: grads_at(p, t))(params)
+        got, want = kernel(params, grads, state), chain(params, grads, state)
+        assert leaves_equal(got, want), f'step {t}'
+        params, state = want
+    assert np.asarray(state[0][0].count).tolist() == [5, 10, 17]

@@ -21,7 +21,8 @@
 //
 // Operands: scalars f32[10], maps f32[kMapFloats], then params[n] f32, grads[n] f32, mu codes[n] s8,
 // mu absmax[n] f32, nu codes[n] u8, nu absmax[n] f32; results: params, mu codes, mu absmax, nu codes,
-// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size.
+// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size. Under jax.vmap every
+// operand carries a leading batch axis (see ReadHypers); each problem's leaf is quantized in blocks of its own.
 
 #include <algorithm>
 #include <cmath>
@@ -276,6 +277,7 @@ struct Leaf8 {
   uint8_t* vc;
   float* va;
   int64_t size;
+  const Hyper* h;  // the scalars of its problem (one per vmapped batch element)
 };
 
 struct Item {
@@ -288,8 +290,8 @@ void CopyIfNotAliased(T* out, const T* in, int64_t n) {
 }
 
 // Blocks [first, first + count) of one leaf.
-void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Hyper& h, const Maps& q,
-             BlockFn fn, std::vector<float>& scratch) {
+void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Maps& q, BlockFn fn,
+             std::vector<float>& scratch) {
   const int64_t lo = first * block_size, hi = std::min(leaf.size, (first + count) * block_size), n = hi - lo;
   CopyIfNotAliased(leaf.p + lo, leaf.p_in + lo, n);
   CopyIfNotAliased(leaf.mc + lo, leaf.mc_in + lo, n);
@@ -304,17 +306,17 @@ void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size
   }
   for (int64_t k = first; k < first + count; ++k) {
     const int64_t a = k * block_size, b = std::min(leaf.size, a + block_size);
-    fn(Block{leaf.p + a, g + a, leaf.mc + a, leaf.ma + k, leaf.vc + a, leaf.va + k, b - a}, h, q, scratch.data(),
+    fn(Block{leaf.p + a, g + a, leaf.mc + a, leaf.ma + k, leaf.vc + a, leaf.va + k, b - a}, *leaf.h, q, scratch.data(),
        scratch.data() + block_size);
   }
 }
 
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> maps,
                      ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size) {
-  if (scalars.element_count() != kNumScalars) {
-    return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 10 scalars");
-  }
-  if (maps.element_count() != kMapFloats) {
+  const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 10 scalars per problem");
+  const int64_t batch = static_cast<int64_t>(hypers.size());
+  if (maps.element_count() % kMapFloats != 0 || maps.element_count() == 0) {  // one copy per problem under vmap
     return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected the 592 constants of adam_jax.quantization.kernel_constants()");
   }
   if (block_size < 1) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: block_size must be >= 1");
@@ -322,11 +324,10 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
   if (rets.size() != 5 * n || args.size() != 6 * n) {
     return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 6n operands after the maps, 5n results");
   }
-  const Hyper h = ReadHyper(scalars.typed_data());
   const Maps q(maps.typed_data());
   std::vector<Leaf8> leaves;
   std::vector<Item> items;
-  leaves.reserve(n);
+  leaves.reserve(n * batch);
   const int64_t blocks_per_item = std::max<int64_t>(1, kItemElements / block_size);
   for (size_t i = 0; i < n; ++i) {
     ffi::AnyBuffer in[6] = {*args.get<ffi::AnyBuffer>(i),         *args.get<ffi::AnyBuffer>(n + i),
@@ -335,10 +336,12 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
     ffi::Result<ffi::AnyBuffer> out[5] = {*rets.get<ffi::AnyBuffer>(i), *rets.get<ffi::AnyBuffer>(n + i),
                                           *rets.get<ffi::AnyBuffer>(2 * n + i), *rets.get<ffi::AnyBuffer>(3 * n + i),
                                           *rets.get<ffi::AnyBuffer>(4 * n + i)};
-    const int64_t size = static_cast<int64_t>(in[0].element_count());
+    const int64_t total = static_cast<int64_t>(in[0].element_count());
+    if (total % batch != 0) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: leaves must hold the batch");
+    const int64_t size = total / batch;  // one problem's elements, quantized in blocks of its own
     const int64_t num_blocks = (size + block_size - 1) / block_size;
     const ffi::DataType in_types[6] = {ffi::F32, ffi::F32, ffi::S8, ffi::F32, ffi::U8, ffi::F32};
-    const int64_t in_sizes[6] = {size, size, size, num_blocks, size, num_blocks};
+    const int64_t in_sizes[6] = {total, total, total, batch * num_blocks, total, batch * num_blocks};
     for (int j = 0; j < 6; ++j) {
       if (in[j].element_type() != in_types[j] || static_cast<int64_t>(in[j].element_count()) != in_sizes[j]) {
         return ffi::Error::InvalidArgument(
@@ -352,20 +355,23 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
         return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: results must match the operands");
       }
     }
-    leaves.push_back(Leaf8{in[0].typed_data<float>(), in[1].typed_data<float>(),
-                           static_cast<const int8_t*>(in[2].untyped_data()), in[3].typed_data<float>(),
-                           static_cast<const uint8_t*>(in[4].untyped_data()), in[5].typed_data<float>(),
-                           out[0]->typed_data<float>(), static_cast<int8_t*>(out[1]->untyped_data()),
-                           out[2]->typed_data<float>(), static_cast<uint8_t*>(out[3]->untyped_data()),
-                           out[4]->typed_data<float>(), size});
-    for (int64_t first = 0; first < num_blocks; first += blocks_per_item) {
-      items.push_back(Item{static_cast<int64_t>(i), first, std::min(blocks_per_item, num_blocks - first)});
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t o = b * size, ob = b * num_blocks;
+      leaves.push_back(Leaf8{in[0].typed_data<float>() + o, in[1].typed_data<float>() + o,
+                             static_cast<const int8_t*>(in[2].untyped_data()) + o, in[3].typed_data<float>() + ob,
+                             static_cast<const uint8_t*>(in[4].untyped_data()) + o, in[5].typed_data<float>() + ob,
+                             out[0]->typed_data<float>() + o, static_cast<int8_t*>(out[1]->untyped_data()) + o,
+                             out[2]->typed_data<float>() + ob, static_cast<uint8_t*>(out[3]->untyped_data()) + o,
+                             out[4]->typed_data<float>() + ob, size, &hypers[b]});
+      for (int64_t first = 0; first < num_blocks; first += blocks_per_item) {
+        items.push_back(Item{static_cast<int64_t>(leaves.size() - 1), first, std::min(blocks_per_item, num_blocks - first)});
+      }
     }
   }
   const BlockFn fn = ChooseBlockFn(decay != 0);
   ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t k, std::vector<float>& scratch) {
     const Item& item = items[k];
-    RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, h, q, fn, scratch);
+    RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, q, fn, scratch);
   });
   return ffi::Error::Success();
 }

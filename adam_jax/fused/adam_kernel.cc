@@ -15,7 +15,8 @@
 // multiplies and adds. The file is built with -ffp-contract=off (the fmas are written out, no others
 // appear) and without -ffast-math; -fno-math-errno lets sqrtf vectorise (a correctly rounded sqrtps).
 //
-// Operands: scalars f32[10], then params[n], grads[n], mu[n], nu[n]; results: params[n], mu[n], nu[n],
+// Operands: scalars f32[10] (f32[batch, 10] under vmap: see ReadHypers), then params[n], grads[n], mu[n],
+// nu[n]; results: params[n], mu[n], nu[n],
 // aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks that the
 // calling thread and XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
 
@@ -108,10 +109,11 @@ struct Leaf {
   const float *p_in, *g, *m_in, *v_in;
   float *p, *m, *v;
   int64_t size, start;  // start: offset of the leaf in the concatenation of all leaves
+  const Hyper* h;       // the scalars of its problem (one per vmapped batch element)
 };
 
 // Updates elements [lo, hi) of one leaf.
-void Segment(const Leaf& leaf, int64_t lo, int64_t hi, const Hyper& h, bool decay, std::vector<float>& scratch) {
+void Segment(const Leaf& leaf, int64_t lo, int64_t hi, bool decay, std::vector<float>& scratch) {
   const int64_t n = hi - lo;
   float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
   // Results not aliased to the inputs: start from a copy of the inputs, then update in place.
@@ -124,21 +126,20 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, const Hyper& h, bool deca
     scratch.assign(g, g + n);  // the same array passed twice
     g = scratch.data();
   }
-  ChosenIsa().loop(p, g, m, v, n, h, decay);
+  ChosenIsa().loop(p, g, m, v, n, *leaf.h, decay);
 }
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, int32_t decay) {
-  if (scalars.element_count() != kNumScalars) {
-    return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 10 scalars");
-  }
+  const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 10 scalars per problem");
+  const int64_t batch = static_cast<int64_t>(hypers.size());
   const size_t n = rets.size() / 3;
   if (rets.size() != 3 * n || args.size() != 4 * n) {
     return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 4n operands after the scalars and 3n results");
   }
-  const Hyper h = ReadHyper(scalars.typed_data());
   std::vector<Leaf> leaves;
-  leaves.reserve(n);
+  leaves.reserve(n * batch);
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     ffi::AnyBuffer in[4] = {*args.get<ffi::AnyBuffer>(i), *args.get<ffi::AnyBuffer>(n + i),
@@ -156,10 +157,16 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
         return ffi::Error::InvalidArgument("adam_jax fused Adam: results must match the leaves");
       }
     }
-    leaves.push_back(Leaf{in[0].typed_data<float>(), in[1].typed_data<float>(), in[2].typed_data<float>(),
-                                in[3].typed_data<float>(), out[0]->typed_data<float>(), out[1]->typed_data<float>(),
-                                out[2]->typed_data<float>(), size, total});
-    total += size;
+    if (size % batch != 0) return ffi::Error::InvalidArgument("adam_jax fused Adam: leaves must hold the batch");
+    const int64_t part = size / batch;  // one problem's elements
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t o = b * part;
+      leaves.push_back(Leaf{in[0].typed_data<float>() + o, in[1].typed_data<float>() + o,
+                            in[2].typed_data<float>() + o, in[3].typed_data<float>() + o,
+                            out[0]->typed_data<float>() + o, out[1]->typed_data<float>() + o,
+                            out[2]->typed_data<float>() + o, part, total, &hypers[b]});
+      total += part;
+    }
   }
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
@@ -169,7 +176,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
     for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
       const int64_t a = std::max(lo, leaf->start) - leaf->start;
       const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
-      if (b > a) Segment(*leaf, a, b, h, decay != 0, scratch);
+      if (b > a) Segment(*leaf, a, b, decay != 0, scratch);
     }
   });
   return ffi::Error::Success();

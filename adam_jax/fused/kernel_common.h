@@ -29,6 +29,16 @@ inline Hyper ReadHyper(const float* s) {
                s[kC2],         s[kEpsRoot], s[kEps], s[kWeightDecay], s[kNegLr]};
 }
 
+// The scalars of a batch of independent problems. Under jax.vmap the kernels are called with every operand
+// broadcast to a leading batch axis (vmap_method='broadcast_all'): scalars f32[batch, kNumScalars], and each
+// leaf holds `batch` problems one after another. Returns an empty vector if the count is not a multiple.
+inline std::vector<Hyper> ReadHypers(const float* s, int64_t count) {
+  std::vector<Hyper> hypers;
+  if (count < kNumScalars || count % kNumScalars != 0) return hypers;
+  for (int64_t b = 0; b < count / kNumScalars; ++b) hypers.push_back(ReadHyper(s + b * kNumScalars));
+  return hypers;
+}
+
 // One loop, two arithmetics: kFma fuses exactly where XLA's compiled chain does on an FMA CPU.
 template <bool kFma>
 inline float Fma(float a, float b, float c) {

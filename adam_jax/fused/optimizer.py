@@ -39,6 +39,9 @@ from adam_jax import aliases, factored, quantization
 from adam_jax.fused import _library
 from adam_jax.moments import saturating_increment
 
+# Under jax.vmap the kernels get every operand with the batch axis in front and treat each batch element as
+# its own problem (its own scalars: step count, learning rate), in the same single pass.
+VMAP_METHOD = 'broadcast_all'
 MAX_LEAVES_PER_CALL = 32  # compile time of one call grows faster than linearly in its operand count
 
 
@@ -72,7 +75,7 @@ def _kernel_call(scalars, p, g, m, v, decay: bool):
     aliases = {1 + i: i for i in range(k)}  # operand index -> result index
     aliases.update({1 + 2 * k + i: k + i for i in range(k)})
     aliases.update({1 + 3 * k + i: 2 * k + i for i in range(k)})
-    call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases)
+    call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
     out = call(scalars, *p, *g, *m, *v, decay=np.int32(decay))
     return out[:k], out[k : 2 * k], out[2 * k :]
 
@@ -86,7 +89,7 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool):
     groups = [0, 2, 3, 4, 5]
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for i in groups for x in operands[i * k : (i + 1) * k]]
     aliases = {2 + i * k + j: r * k + j for r, i in enumerate(groups) for j in range(k)}
-    call = jax.ffi.ffi_call(_library.TARGET_8BIT, shapes, input_output_aliases=aliases)
+    call = jax.ffi.ffi_call(_library.TARGET_8BIT, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
     maps = jnp.asarray(quantization.kernel_constants())
     out = call(scalars, maps, *operands, decay=np.int32(decay), block_size=np.int32(block_size))
     new_p, mc, ma, vc, va = (out[r * k : (r + 1) * k] for r in range(5))
