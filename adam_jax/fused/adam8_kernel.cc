@@ -132,11 +132,16 @@ inline void Finish(const Block& b, float amax_m, float amax_v, float& sm, float&
 }
 
 template <bool kFma, bool kDecay>
-void BlockPortable(const Block& b, const Hyper& h, const Maps& q, float* mt, float* vt) {
-  float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
-  Pass1Scalar<kFma, kDecay>(b, 0, h, q, mt, vt, amax_m, amax_v);
-  Finish(b, amax_m, amax_v, sm, sv);
-  Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
+void SpanPortable(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt, float* vt) {
+  for (int64_t k = 0; k * block_size < span.n; ++k) {
+    const int64_t a = k * block_size;
+    const Block b{span.p + a, span.g + a, span.mc + a, span.ma + k, span.vc + a, span.va + k,
+                  std::min(block_size, span.n - a)};
+    float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
+    Pass1Scalar<kFma, kDecay>(b, 0, h, q, mt, vt, amax_m, amax_v);
+    Finish(b, amax_m, amax_v, sm, sv);
+    Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
+  }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -166,16 +171,19 @@ ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, int k, __m256 next_lower
 
 // Q(n) for float magnitudes n: (n - c[e]) w[e], e = min(k + 127 - exponent bits of n, k), which is decode's
 // choice of decade (its thresholds are the powers of two 2^(k-e+1)); n = 0 falls in decade k (Q = 0).
+// kClampLow: n may reach 2^(k+1) (the signed map's unused code -128, which decode puts in decade 0).
+template <bool kClampLow>
 ADAM_JAX_AVX2 inline __m256 DecodeMagnitude8(__m256 n, int k, __m256 c, __m256 w) {
   __m256i e = _mm256_sub_epi32(_mm256_set1_epi32(k + 127), _mm256_srli_epi32(_mm256_castps_si256(n), 23));
-  e = _mm256_min_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), _mm256_set1_epi32(k));
+  if constexpr (kClampLow) e = _mm256_max_epi32(e, _mm256_setzero_si256());
+  e = _mm256_min_epi32(e, _mm256_set1_epi32(k));
   return _mm256_mul_ps(_mm256_sub_ps(n, _mm256_permutevar8x32_ps(c, e)), _mm256_permutevar8x32_ps(w, e));
 }
 
 // The signed map: Q(|x|) with the sign of x, for float codes x.
 ADAM_JAX_AVX2 inline __m256 DecodeSigned8(__m256 x, __m256 c, __m256 w) {
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
-  return _mm256_or_ps(DecodeMagnitude8(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w), _mm256_and_ps(sign, x));
+  return _mm256_or_ps(DecodeMagnitude8<true>(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w), _mm256_and_ps(sign, x));
 }
 
 // The low byte of each int32 lane, as 8 consecutive bytes.
@@ -186,40 +194,19 @@ ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
 }
 
+// Consecutive blocks of block_size elements (the last may be partial): span.n elements from span.p, ...,
+// one absmax each from span.ma, span.va.
 template <bool kDecay>
-ADAM_JAX_AVX2 void BlockAvx2(const Block& b, const Hyper& h, const Maps& q, float* mt, float* vt) {
-  const int64_t n8 = b.n & ~int64_t{7};
+ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt,
+                            float* vt) {
   const __m256 one_minus_b1 = _mm256_set1_ps(h.one_minus_b1), b1 = _mm256_set1_ps(h.b1);
   const __m256 one_minus_b2 = _mm256_set1_ps(h.one_minus_b2), b2 = _mm256_set1_ps(h.b2);
   const __m256 r1 = _mm256_set1_ps(1.0f / h.c1), r2 = _mm256_set1_ps(1.0f / h.c2);
   const __m256 eps_root = _mm256_set1_ps(h.eps_root), eps = _mm256_set1_ps(h.eps);
   const __m256 wd = _mm256_set1_ps(h.wd), neg_lr = _mm256_set1_ps(h.neg_lr);
-  const __m256 old_m = _mm256_set1_ps(*b.ma), old_v = _mm256_set1_ps(*b.va);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 m_dc = _mm256_loadu_ps(q.m_dc), m_dw = _mm256_loadu_ps(q.m_dw);
   const __m256 v_dc = _mm256_loadu_ps(q.v_dc), v_dw = _mm256_loadu_ps(q.v_dw);
-  __m256 amax_m8 = _mm256_setzero_ps(), amax_v8 = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n8; i += 8) {
-    const __m256i cm = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.mc + i)));
-    const __m256i cv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.vc + i)));
-    const __m256 mo = _mm256_mul_ps(DecodeSigned8(_mm256_cvtepi32_ps(cm), m_dc, m_dw), old_m);
-    const __m256 vo = _mm256_mul_ps(DecodeMagnitude8(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw), old_v);
-    const __m256 g = _mm256_loadu_ps(b.g + i);
-    const __m256 m = _mm256_fmadd_ps(one_minus_b1, g, _mm256_mul_ps(b1, mo));
-    const __m256 v = _mm256_fmadd_ps(one_minus_b2, _mm256_mul_ps(g, g), _mm256_mul_ps(b2, vo));
-    _mm256_storeu_ps(mt + i, m);
-    _mm256_storeu_ps(vt + i, v);
-    amax_m8 = _mm256_max_ps(_mm256_and_ps(m, abs_mask), amax_m8);  // NaN in the first operand: keeps amax_m8
-    amax_v8 = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax_v8);
-    __m256 d = _mm256_div_ps(_mm256_mul_ps(m, r1), _mm256_add_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(v, r2, eps_root)), eps));
-    const __m256 p = _mm256_loadu_ps(b.p + i);
-    if constexpr (kDecay) d = _mm256_fmadd_ps(wd, p, d);
-    _mm256_storeu_ps(b.p + i, _mm256_fmadd_ps(neg_lr, d, p));
-  }
-  float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
-  Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
-  Finish(b, amax_m, amax_v, sm, sv);
-
   float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade
   for (int e = 0; e < 8; ++e) {
     m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
@@ -228,19 +215,50 @@ ADAM_JAX_AVX2 void BlockAvx2(const Block& b, const Hyper& h, const Maps& q, floa
   const __m256 m_next_lower = _mm256_loadu_ps(m_next), v_next_lower = _mm256_loadu_ps(v_next);
   const __m256 m_c1 = _mm256_loadu_ps(q.m_c1), m_c0 = _mm256_loadu_ps(q.m_c0);
   const __m256 v_c1 = _mm256_loadu_ps(q.v_c1), v_c0 = _mm256_loadu_ps(q.v_c0);
-  const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n8; i += 8) {
-    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
-    // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
-    const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
-    const __m256i n = EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0);
-    StoreLowBytes(b.mc + i, _mm256_sign_epi32(n, _mm256_castps_si256(x)));  // -n where x < 0 (n = 0 at x = 0)
-    // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
-    const __m256 y = _mm256_min_ps(one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), zero));
-    StoreLowBytes(b.vc + i, EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0));
+  for (int64_t k = 0; k * block_size < span.n; ++k) {
+    const int64_t a0 = k * block_size;
+    const Block b{span.p + a0, span.g + a0, span.mc + a0, span.ma + k, span.vc + a0, span.va + k,
+                  std::min(block_size, span.n - a0)};
+    const int64_t n8 = b.n & ~int64_t{7};
+    const __m256 old_m = _mm256_set1_ps(*b.ma), old_v = _mm256_set1_ps(*b.va);
+    __m256 amax_m8 = _mm256_setzero_ps(), amax_v8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256i cm = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.mc + i)));
+      const __m256i cv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.vc + i)));
+      const __m256 mo = _mm256_mul_ps(DecodeSigned8(_mm256_cvtepi32_ps(cm), m_dc, m_dw), old_m);
+      const __m256 vq = DecodeMagnitude8<false>(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw);
+      const __m256 vo = _mm256_mul_ps(vq, old_v);
+      const __m256 g = _mm256_loadu_ps(b.g + i);
+      const __m256 m = _mm256_fmadd_ps(one_minus_b1, g, _mm256_mul_ps(b1, mo));
+      const __m256 v = _mm256_fmadd_ps(one_minus_b2, _mm256_mul_ps(g, g), _mm256_mul_ps(b2, vo));
+      _mm256_storeu_ps(mt + i, m);
+      _mm256_storeu_ps(vt + i, v);
+      amax_m8 = _mm256_max_ps(_mm256_and_ps(m, abs_mask), amax_m8);  // NaN in the first operand: keeps amax_m8
+      amax_v8 = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax_v8);
+      const __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(v, r2, eps_root)), eps);
+      __m256 d = _mm256_div_ps(_mm256_mul_ps(m, r1), denom);
+      const __m256 p = _mm256_loadu_ps(b.p + i);
+      if constexpr (kDecay) d = _mm256_fmadd_ps(wd, p, d);
+      _mm256_storeu_ps(b.p + i, _mm256_fmadd_ps(neg_lr, d, p));
+    }
+    float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
+    Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
+    Finish(b, amax_m, amax_v, sm, sv);
+
+    const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
+      // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
+      const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
+      const __m256i n = EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0);
+      StoreLowBytes(b.mc + i, _mm256_sign_epi32(n, _mm256_castps_si256(x)));  // -n where x < 0 (n = 0 at x = 0)
+      // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
+      const __m256 y = _mm256_min_ps(one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), zero));
+      StoreLowBytes(b.vc + i, EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0));
+    }
+    Pass2Scalar<true>(b, n8, q, mt, vt, sm, sv);
   }
-  Pass2Scalar<true>(b, n8, q, mt, vt, sm, sv);
 }
 
 bool HasAvx2Fma() {
@@ -250,19 +268,19 @@ bool HasAvx2Fma() {
 #define ADAM_JAX_HAVE_AVX2_PATH 1
 #endif
 
-using BlockFn = void (*)(const Block&, const Hyper&, const Maps&, float*, float*);
+using SpanFn = void (*)(const Block&, int64_t, const Hyper&, const Maps&, float*, float*);
 
-BlockFn ChooseBlockFn(bool decay) {
+SpanFn ChooseSpanFn(bool decay) {
 #if defined(ADAM_JAX_HAVE_AVX2_PATH)
   static const bool avx2 = HasAvx2Fma();
-  if (avx2) return decay ? BlockAvx2<true> : BlockAvx2<false>;
+  if (avx2) return decay ? SpanAvx2<true> : SpanAvx2<false>;
 #endif
 #if defined(__aarch64__) || defined(__FMA__)
   constexpr bool kFma = true;  // the baseline of this target has FMA, as XLA's code uses
 #else
   constexpr bool kFma = false;
 #endif
-  return decay ? BlockPortable<kFma, true> : BlockPortable<kFma, false>;
+  return decay ? SpanPortable<kFma, true> : SpanPortable<kFma, false>;
 }
 
 struct Leaf8 {
@@ -290,7 +308,7 @@ void CopyIfNotAliased(T* out, const T* in, int64_t n) {
 }
 
 // Blocks [first, first + count) of one leaf.
-void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Maps& q, BlockFn fn,
+void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Maps& q, SpanFn fn,
              std::vector<float>& scratch) {
   const int64_t lo = first * block_size, hi = std::min(leaf.size, (first + count) * block_size), n = hi - lo;
   CopyIfNotAliased(leaf.p + lo, leaf.p_in + lo, n);
@@ -298,17 +316,15 @@ void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size
   CopyIfNotAliased(leaf.vc + lo, leaf.vc_in + lo, n);
   CopyIfNotAliased(leaf.ma + first, leaf.ma_in + first, count);
   CopyIfNotAliased(leaf.va + first, leaf.va_in + first, count);
-  scratch.resize(2 * block_size + (Overlaps(leaf.g + lo, n * 4, leaf.p + lo, n * 4) ? n : 0));
-  const float* g = leaf.g;
-  if (scratch.size() > static_cast<size_t>(2 * block_size)) {  // the same array passed as params and grads
-    std::memcpy(scratch.data() + 2 * block_size, leaf.g + lo, n * sizeof(float));
-    g = scratch.data() + 2 * block_size - lo;
+  const bool same = Overlaps(leaf.g + lo, n * sizeof(float), leaf.p + lo, n * sizeof(float));
+  scratch.resize(2 * block_size + (same ? n : 0));
+  const float* g = leaf.g + lo;
+  if (same) {  // the same array passed as params and grads
+    std::memcpy(scratch.data() + 2 * block_size, g, n * sizeof(float));
+    g = scratch.data() + 2 * block_size;
   }
-  for (int64_t k = first; k < first + count; ++k) {
-    const int64_t a = k * block_size, b = std::min(leaf.size, a + block_size);
-    fn(Block{leaf.p + a, g + a, leaf.mc + a, leaf.ma + k, leaf.vc + a, leaf.va + k, b - a}, *leaf.h, q, scratch.data(),
-       scratch.data() + block_size);
-  }
+  fn(Block{leaf.p + lo, g, leaf.mc + lo, leaf.ma + first, leaf.vc + lo, leaf.va + first, n}, block_size, *leaf.h, q,
+     scratch.data(), scratch.data() + block_size);
 }
 
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> maps,
@@ -368,7 +384,7 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
       }
     }
   }
-  const BlockFn fn = ChooseBlockFn(decay != 0);
+  const SpanFn fn = ChooseSpanFn(decay != 0);
   ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t k, std::vector<float>& scratch) {
     const Item& item = items[k];
     RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, q, fn, scratch);
