@@ -183,14 +183,16 @@ ADAM_JAX_AVX2 inline __m256 DecodeMagnitude8(__m256 n, int k, __m256 c, __m256 w
 // The signed map: Q(|x|) with the sign of x, for float codes x.
 ADAM_JAX_AVX2 inline __m256 DecodeSigned8(__m256 x, __m256 c, __m256 w) {
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
-  return _mm256_or_ps(DecodeMagnitude8<true>(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w), _mm256_and_ps(sign, x));
+  const __m256 magnitude = DecodeMagnitude8<true>(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w);
+  return _mm256_or_ps(magnitude, _mm256_and_ps(sign, x));
 }
 
 // The low byte of each int32 lane, as 8 consecutive bytes.
 ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
   const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
                                         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+  const __m256i lanes = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x, pick), lanes);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
 }
 
@@ -333,7 +335,8 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 10 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
   if (maps.element_count() % kMapFloats != 0 || maps.element_count() == 0) {  // one copy per problem under vmap
-    return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected the 592 constants of adam_jax.quantization.kernel_constants()");
+    return ffi::Error::InvalidArgument(
+        "adam_jax fused 8-bit Adam: expected the 592 constants of adam_jax.quantization.kernel_constants()");
   }
   if (block_size < 1) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: block_size must be >= 1");
   const size_t n = rets.size() / 5;
@@ -380,7 +383,8 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
                              out[2]->typed_data<float>() + ob, static_cast<uint8_t*>(out[3]->untyped_data()) + o,
                              out[4]->typed_data<float>() + ob, size, &hypers[b]});
       for (int64_t first = 0; first < num_blocks; first += blocks_per_item) {
-        items.push_back(Item{static_cast<int64_t>(leaves.size() - 1), first, std::min(blocks_per_item, num_blocks - first)});
+        const int64_t count = std::min(blocks_per_item, num_blocks - first);
+        items.push_back(Item{static_cast<int64_t>(leaves.size() - 1), first, count});
       }
     }
   }
