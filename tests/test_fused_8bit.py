@@ -8,6 +8,12 @@ not built; the fallback tests run everywhere.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,3 +237,35 @@ def test_vmapped_step_is_bitwise_the_vmapped_chain(storage):
         assert leaves_equal(got, want), f'step {t}'
         params, state = want
     assert np.asarray(state[0][0].count).tolist() == [5, 10, 17]
+
+
+MESH_SCRIPT = """
+import os, json
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from adam_jax import fused
+from adam_jax.fused import _library
+mesh = Mesh(np.array(jax.devices()), ('x',))
+out = {}
+for name, kw in (('float32', {}), ('8-bit', dict(mu_dtype='int8', nu_dtype='uint8'))):
+    opt = fused.adam(1e-2, **kw)
+    p = jax.device_put(jnp.linspace(-1, 1, 64 * 1024, dtype=jnp.float32).reshape(64, 1024), NamedSharding(mesh, P('x')))
+    s = opt.init(p)
+    text = jax.jit(opt.step).lower(p, p, s).as_text()
+    new_p, _ = jax.jit(opt.step)(p, p * 0.1, s)
+    out[name] = dict(kernel_calls=text.count('custom_call @adam_jax_fused'), sharded=new_p.sharding.spec == P('x'))
+print(json.dumps(out))
+"""
+
+
+def test_on_a_mesh_of_cpu_devices_the_step_is_the_chain_and_stays_sharded():
+    # A custom call would be gathered onto every device by XLA's partitioner; the chain is partitioned instead.
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'} | {'JAX_PLATFORMS': 'cpu'}
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, '-c', MESH_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {name: dict(kernel_calls=0, sharded=True) for name in ('float32', '8-bit')}

@@ -115,6 +115,19 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
 
 
+def _one_cpu_device() -> bool:
+    """Whether the CPU platform has a single device (in all processes).
+
+    XLA's SPMD partitioner knows nothing of a custom call, so on a mesh of several CPU devices it would gather a
+    sharded leaf onto every device and return it replicated; there the step runs the composed chain, which XLA
+    partitions like any elementwise computation.
+    """
+    try:
+        return len(jax.devices('cpu')) == 1
+    except RuntimeError:
+        return False
+
+
 def _compressed(x: Any) -> bool:
     return quantization.is_quantized(x) or factored.is_factored(x)
 
@@ -200,7 +213,9 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
             kinds = [_leaf_kind(*x) for x in zip(*leaves)]
-        if not (_library.available() and flags is not None and kinds is not None and None not in kinds):
+        if not (
+            _library.available() and flags is not None and kinds is not None and None not in kinds and _one_cpu_device()
+        ):
             return chain_step(params, grads, state)
         return jax.lax.platform_dependent(
             params,
