@@ -253,7 +253,10 @@ def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
     """Block-wise 8-bit codes and float32 absmax of ``x`` (computed in float32)."""
     shape = tuple(x.shape)
     blocks = _blocks(x.astype(jnp.float32), spec.block_size)
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
+    # NaN elements do not take part in the block's maximum (their code is 0): defined here rather than left
+    # to how XLA happens to order a reduction over NaNs, and what the fused CPU kernel computes.
+    magnitude = jnp.abs(blocks)
+    absmax = jnp.max(jnp.where(jnp.isnan(magnitude), 0.0, magnitude), axis=1)
     scale = jnp.where(absmax > 0, 1 / absmax, 0.0)[:, None]
     normalized = blocks * scale
     if spec.signed:
@@ -291,7 +294,8 @@ def dynamic_map(signed: bool) -> np.ndarray:
 def kernel_constants() -> np.ndarray:
     """The maps as the fused 8-bit kernel reads them (``adam_jax/fused/adam8_kernel.cc``), float32[592].
 
-    The signed table (index ``code + 128``), the unsigned table, then rows of 8 per-decade constants:
+    The signed table (index ``code + 128``; as :func:`dequantize` decodes, so the unused code -128 too), the
+    unsigned table, then rows of 8 per-decade constants:
     :func:`encode_constants` (signed lower, C1, C0, unsigned lower, C1, C0; unused slots: lower 0,
     never chosen) and :func:`decode_constants` (signed c, w, unsigned c, w). The same float32 numbers
     as :func:`encode` and :func:`decode` use.
@@ -299,5 +303,7 @@ def kernel_constants() -> np.ndarray:
     rows = [np.pad(row, (0, 8 - row.size)) for signed in (True, False) for row in encode_constants(signed)]
     rows += [np.pad(row, (0, 8 - row.size)) for signed in (True, False) for row in decode_constants(signed)[1:]]
     with jax.ensure_compile_time_eval():  # concrete even when first asked for inside a jit trace
-        tables = [dynamic_map(True), dynamic_map(False)]
+        # What dequantize gives for every code, the unused int8 code -128 included.
+        codes = jnp.arange(-128, 128, dtype=jnp.float32)
+        tables = [np.asarray(jnp.copysign(decode(jnp.abs(codes), True), codes)), dynamic_map(False)]
     return np.concatenate([*tables, *rows]).astype(np.float32)

@@ -139,12 +139,18 @@ def test_same_array_as_params_and_grads_and_non_finite_gradients():
     got = jax.jit(opt.step, donate_argnums=(0,))(params + 0, params + 0, state)
     assert leaves_equal(got, jax.jit(chain_step(opt))(params, params, state))
 
-    grads = params.at[300].set(jnp.nan).at[5000].set(jnp.inf)  # blocks 1 and 19
-    got = jax.jit(opt.step)(params, grads, state)
-    want = jax.jit(chain_step(opt))(params, grads, state)
+    # NaN at the first, a middle and the last offset of blocks, in the partial last block, and a block of NaNs:
+    # the block maximum skips NaNs (quantization.quantize defines it so), an inf takes its block's maximum.
+    nans = [256, 264, 511, 8990, *range(1024, 1280)]
+    grads = params.at[jnp.array(nans)].set(jnp.nan).at[5000].set(jnp.inf)
+    kernel, chain = jax.jit(opt.step), jax.jit(chain_step(opt))
+    got, want = kernel(params, grads, state), chain(params, grads, state)
     assert leaves_equal(got, want)
-    absmax = np.asarray(got[1][0][0].mu.absmax)  # XLA's reduction skips the NaN; the inf takes its block's max
-    assert np.isfinite(absmax[1]) and np.isinf(absmax[19]) and np.isnan(np.asarray(got[0])[[300, 5000]]).all()
+    absmax = np.asarray(got[1][0][0].mu.absmax)
+    assert np.isfinite(absmax[[1, 35]]).all() and absmax[4] == 0 and np.isinf(absmax[19])
+    assert np.isnan(np.asarray(got[0])[[*nans, 5000]]).all()
+    params, state = want
+    assert leaves_equal(kernel(params, params * 0.01, state), chain(params, params * 0.01, state))  # next step
 
 
 def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
@@ -167,6 +173,17 @@ def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
     assert leaves_equal(jax.jit(opt.step)(params, grads, state), want)
 
 
+def test_eps_zero_runs_the_chain():
+    # With eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which is not bitwise m / sqrt(v).
+    params = tree()
+    for storage in ({}, EIGHT_BIT):
+        opt = fused.adam(1e-2, eps=0.0, **storage)
+        state = opt.init(params)
+        assert calls(opt.step, params, params, state) == {'f32': 0, '8bit': 0}
+        grads = grads_at(params, 0)
+        assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+
+
 def test_fused_8bit_state_is_the_chain_state():
     params = tree()
     opt = fused.adamw(1e-3, weight_decay=0.1, **EIGHT_BIT)
@@ -187,7 +204,7 @@ def test_every_code_decodes_and_every_decade_encodes_as_in_the_chain():
     state = opt.init(params)
     (moments, *rest), *tail = state
     mu = adam_jax.QuantizedArray(
-        codes=jnp.asarray(np.resize(np.arange(-127, 128), size), jnp.int8),
+        codes=jnp.asarray(np.resize(np.arange(-128, 128), size), jnp.int8),  # -128 is never stored, but decodes
         absmax=jnp.asarray(rng.uniform(0.0, 1.0, size // 256), jnp.float32),
         block_size=256,
     )

@@ -14,8 +14,9 @@ params and moments in the buffers it was given (donate them, see :func:`adam_jax
   updates and requantizes each block in cache, 16 B/param (leaves below ``min_size`` keep float32
   moments and take the first kernel).
 
-Anywhere else (GPU/TPU, other dtypes, bf16 or factored moments, a mask of arrays, no kernel) ``step`` is
-``update`` followed by ``optax.apply_updates``, the composed chain under jit.
+Anywhere else (GPU/TPU, a mesh of several CPU devices, other dtypes, bf16 or factored moments, a mask of
+arrays, ``eps=0``, no kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain
+under jit.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -113,6 +114,11 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
 
 
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
+
+
+def _is_zero(x: Any) -> bool:
+    """A concrete 0: with eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror."""
+    return isinstance(x, (int, float, np.number)) and x == 0
 
 
 def _one_cpu_device() -> bool:
@@ -214,7 +220,12 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
             kinds = [_leaf_kind(*x) for x in zip(*leaves)]
         if not (
-            _library.available() and flags is not None and kinds is not None and None not in kinds and _one_cpu_device()
+            _library.available()
+            and flags is not None
+            and kinds is not None
+            and None not in kinds
+            and _one_cpu_device()
+            and not _is_zero(eps)
         ):
             return chain_step(params, grads, state)
         return jax.lax.platform_dependent(
