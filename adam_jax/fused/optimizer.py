@@ -27,6 +27,7 @@ step is bitwise the jitted chain's (checked in the tests).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -134,6 +135,24 @@ def _one_cpu_device() -> bool:
         return False
 
 
+@functools.cache
+def _cpu_only() -> bool:
+    """Whether this process has no GPU or TPU backend: then the CPU kernel is the only branch to trace.
+
+    Elsewhere ``step`` is a ``lax.platform_dependent`` of the kernel (CPU) and the chain (other platforms);
+    tracing the chain branch too costs most of the tracing time of a many-leaf step (with 1000 8-bit leaves,
+    39 s against 1.4 s). Exporting a CPU-only trace (``jax.export``) for other platforms is therefore not
+    possible; use ``update`` and ``optax.apply_updates`` for that.
+    """
+    for platform in ('gpu', 'tpu'):
+        try:
+            jax.devices(platform)
+        except RuntimeError:
+            continue
+        return False
+    return True
+
+
 def _compressed(x: Any) -> bool:
     return quantization.is_quantized(x) or factored.is_factored(x)
 
@@ -228,6 +247,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             and not _is_zero(eps)
         ):
             return chain_step(params, grads, state)
+        if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
+            return kernel_step(params, grads, state, flags, kinds)
         return jax.lax.platform_dependent(
             params,
             grads,
