@@ -93,17 +93,14 @@ inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps
                         float& amax_m, float& amax_v) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2, old_m = *b.ma, old_v = *b.va;
   for (int64_t i = from; i < b.n; ++i) {
-    const float gi = b.g[i];
-    const float m = Fma<kFma>(h.one_minus_b1, gi, h.b1 * (q.m_table[b.mc[i]] * old_m));
-    const float v = Fma<kFma>(h.one_minus_b2, gi * gi, h.b2 * (q.v_table[b.vc[i]] * old_v));
+    const float m = FirstMoment<kFma>(h, b.g[i], q.m_table[b.mc[i]] * old_m);
+    const float v = SecondMoment<kFma>(h, b.g[i], q.v_table[b.vc[i]] * old_v);
     mt[i] = m;
     vt[i] = v;
     const float am = std::fabs(m), av = std::fabs(v);
     amax_m = am > amax_m ? am : amax_m;  // a NaN element leaves the maximum as it is
     amax_v = av > amax_v ? av : amax_v;
-    float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
-    if constexpr (kDecay) d = Fma<kFma>(h.wd, b.p[i], d);
-    b.p[i] = Fma<kFma>(h.neg_lr, d, b.p[i]);
+    b.p[i] = NewParam<kFma, kDecay>(h, r1, r2, b.p[i], m, v);
   }
 }
 

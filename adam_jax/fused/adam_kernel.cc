@@ -38,14 +38,11 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
                                                 float* __restrict m, float* __restrict v, int64_t n, const Hyper h) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
-    const float mi = Fma<kFma>(h.one_minus_b1, gi, h.b1 * m[i]);
-    const float vi = Fma<kFma>(h.one_minus_b2, gi * gi, h.b2 * v[i]);
+    const float mi = FirstMoment<kFma>(h, g[i], m[i]);
+    const float vi = SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    float d = (mi * r1) / (std::sqrt(Fma<kFma>(vi, r2, h.eps_root)) + h.eps);
-    if constexpr (kDecay) d = Fma<kFma>(h.wd, p[i], d);
-    p[i] = Fma<kFma>(h.neg_lr, d, p[i]);
+    p[i] = NewParam<kFma, kDecay>(h, r1, r2, p[i], mi, vi);
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -47,6 +48,26 @@ inline float Fma(float a, float b, float c) {
   } else {
     return a * b + c;
   }
+}
+
+// One element of the step as XLA compiles the chain (Kingma & Ba 2014, Algorithm 1; AdamW's decoupled decay):
+// m_t and v_t from the old moments, then theta_t with r_i = 1 / (1 - b_i^t). Shared by the float32 loop and the
+// scalar code of the 8-bit kernel, so both do the same float32 operations in the same order.
+template <bool kFma>
+inline float FirstMoment(const Hyper& h, float g, float m) {
+  return Fma<kFma>(h.one_minus_b1, g, h.b1 * m);
+}
+
+template <bool kFma>
+inline float SecondMoment(const Hyper& h, float g, float v) {
+  return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
+}
+
+template <bool kFma, bool kDecay>
+inline float NewParam(const Hyper& h, float r1, float r2, float p, float m, float v) {
+  float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+  if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
+  return Fma<kFma>(h.neg_lr, d, p);
 }
 
 inline bool Overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
