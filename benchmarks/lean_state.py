@@ -94,7 +94,8 @@ def main() -> None:
 
     base = runs['fp32 (adam_jax)']
     base_t = statistics.median(base['times'])
-    print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {jax.devices()[0]}')
+    device = jax.devices()[0]
+    print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {device.device_kind}')
     print(f'{fused.status()}\n')
     print('| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) |')
     print('|---|---:|---:|---:|---:|')
@@ -102,7 +103,7 @@ def main() -> None:
         t = statistics.median(run['times'])
         print(
             f'| {name} | {run["nbytes"] / 2**20:.1f} MiB | {run["nbytes"] / base["nbytes"]:.3f}x '
-            f'| {t * 1e3:.1f} | {t / base_t:.2f}x |'
+            f'| {t * 1e3:.2f} | {t / base_t:.2f}x |'
         )
 
 

@@ -44,6 +44,7 @@ LR = 1e-3
 OPTAX = 'optax.adam'
 TORCH = 'torch fused'
 TRIAD = 'triad'
+TORCH_DEVICE_ENV = 'ADAM_JAX_BENCH_TORCH_DEVICE'  # the parent's --torch-device, passed on to the torch worker
 MODES = {
     'full': dict(sizes=(2**20, 2**22, 2**24, 2**26), leaves=(1, 100, 1000), rounds=5, steps=3),
     'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=5, steps=3),
@@ -109,26 +110,33 @@ def _jax_setup(name: str, n: int, leaves: int):
         jax.block_until_ready(state[0])
         return time.perf_counter() - t
 
-    note = fused.status() if name.startswith('adam_jax') and name != 'adam_jax chain' else ''
+    if name == TRIAD:
+        note = f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'  # where the JAX rows ran
+    else:
+        note = fused.status() if name.startswith('adam_jax') and name != 'adam_jax chain' else ''
     return run, first, note
 
 
 def _torch_setup(n: int, leaves: int):
     import torch
 
+    device = os.environ.get(TORCH_DEVICE_ENV, 'cpu')
     gen = torch.Generator().manual_seed(0)
-    params = [torch.zeros(s, requires_grad=True) for s in leaf_sizes(n, leaves)]
+    params = [torch.zeros(s, requires_grad=True, device=device) for s in leaf_sizes(n, leaves)]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(device)
     opt = torch.optim.Adam(params, lr=LR, fused=True)
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
 
     def run() -> float:
         t = time.perf_counter()
         opt.step()
+        sync()
         return time.perf_counter() - t
 
     first = run()  # allocates the state: torch's first-call cost
-    return run, first, f'torch {torch.__version__}, {torch.get_num_threads()} threads'
+    where = torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} threads'
+    return run, first, f'torch {torch.__version__}, {where}'
 
 
 def worker(name: str, n: int, leaves: int) -> None:
@@ -159,9 +167,10 @@ def torch_available() -> bool:
 
 
 class Worker:
-    def __init__(self, name: str, n: int, leaves: int):
+    def __init__(self, name: str, n: int, leaves: int, torch_device: str = 'cpu'):
         root = pathlib.Path(__file__).resolve().parent.parent
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
+        env[TORCH_DEVICE_ENV] = torch_device
         command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--worker', name, str(n), str(leaves)]
         self.name = name
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -194,9 +203,10 @@ def implementations(leaves: int, mode: str, with_torch: bool) -> list[str]:
     return names + ([TORCH] if with_torch else [])
 
 
-def measure(n: int, leaves: int, mode: str, with_torch: bool) -> list[dict]:
+def measure(n: int, leaves: int, mode: str, with_torch: bool, torch_device: str = 'cpu') -> list[dict]:
     spec = MODES[mode]
-    workers = [Worker(name, n, leaves) for name in [TRIAD, *implementations(leaves, mode, with_torch)]]
+    names = [TRIAD, *implementations(leaves, mode, with_torch)]
+    workers = [Worker(name, n, leaves, torch_device) for name in names]
     for r in range(spec['rounds']):
         for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
             w.run(spec['steps'])
@@ -225,6 +235,7 @@ def measure(n: int, leaves: int, mode: str, with_torch: bool) -> list[dict]:
                 peak_rss_mib=peaks[w.name],
                 samples=len(w.times),
                 note=w.ready['note'],
+                device=workers[0].ready['note'],
             )
         )
     return rows
@@ -238,7 +249,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         ('' if meta['complete'] else 'Partial run (interrupted). ')
         + f'Adam step, float32, median of {meta["samples"]} interleaved steps per row ({meta["mode"]} mode, '
-        f'{meta["date"]}, {meta["cpu"]}, {meta["cores"]} cores). Command: `{meta["command"]}`.',
+        f'{meta["date"]}, {meta["cpu"]}, {meta["cores"]} cores, JAX on {meta["device"]}'
+        + (f', torch on {meta["torch_device"]}' if meta['torch'] else '')
+        + f'). Command: `{meta["command"]}`.',
         '',
         '| params | leaves | implementation | step ms | vs optax | vs torch | best ms | GB/s (28 B/param) '
         '| % of triad | first call s | vs optax | peak RSS MiB |',
@@ -260,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--quick', action='store_const', const='quick', dest='mode', default='full')
     parser.add_argument('--smoke', action='store_const', const='smoke', dest='mode')
     parser.add_argument('--no-torch', action='store_true', help='leave torch out even if it is installed')
+    parser.add_argument(
+        '--torch-device', default='cpu', help="where torch's fused Adam runs: cpu (default) or cuda, beside JAX's GPU"
+    )
     parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent)
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -281,7 +297,11 @@ def main(argv: list[str] | None = None) -> dict:
             cpu=platform.processor() or platform.machine(),
             cores=os.cpu_count(),
             samples=spec['rounds'] * spec['steps'],
-            command='python -m benchmarks.run' + ('' if args.mode == 'full' else f' --{args.mode}'),
+            command='python -m benchmarks.run'
+            + ('' if args.mode == 'full' else f' --{args.mode}')
+            + ('' if args.torch_device == 'cpu' else f' --torch-device {args.torch_device}'),
+            device=rows[0]['device'] if rows else '',
+            torch_device=args.torch_device,
             kernel=next((r['note'] for r in rows if r['impl'] == 'adam_jax'), ''),
             torch=with_torch,
         )
@@ -292,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     for n in spec['sizes']:
         for leaves in spec['leaves']:
-            new = measure(n, leaves, args.mode, with_torch)
+            new = measure(n, leaves, args.mode, with_torch, args.torch_device)
             rows += new
             write(complete=False)
             for r in new:

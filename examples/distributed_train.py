@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adam_jax
@@ -106,7 +106,9 @@ def init_distributed(coordinator: str, num_processes: int, process_id: int, time
 
 
 def train(steps: int, batch_size: int, learning_rate: float, zero1: bool) -> dict:
-    mesh = jax.make_mesh((jax.device_count(),), ('data',))
+    # Auto axes: jit places the step by its in/out shardings (explicit axes, make_mesh's default from jax 0.11 on,
+    # would ask every sharded scatter in the loss's gradient for an out_sharding).
+    mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
     replicated = NamedSharding(mesh, P())
     rows = NamedSharding(mesh, P('data'))
     if batch_size % jax.device_count():

@@ -20,6 +20,17 @@ def x64():
         yield
 
 
+@pytest.fixture
+def on_cpu():
+    """Run a test on the CPU device, where the fused kernel runs.
+
+    In a process with a GPU or TPU the default device is the accelerator, on which the fused step is the chain
+    itself; the kernel tests pin their arrays and steps to the CPU so that they test the kernel there too.
+    """
+    with jax.default_device(jax.devices('cpu')[0]):
+        yield
+
+
 def mixed_tree(dtype=jnp.float32, seed=0):
     """A tree of several shapes and nesting kinds, as a model's params would be."""
     rng = np.random.default_rng(seed)

@@ -118,7 +118,10 @@ def follow_case(name, axis_type):
     }
     if axis_type == AxisType.Explicit:  # only explicit axes put shardings into the abstract values
         out['eval_shape'] = {
-            jax.tree_util.keystr(k): [padded_spec(v.sharding.spec, len(v.shape)), list(v.sharding.mesh.axis_names)]
+            # None where eval_shape gives no sharding (what jax 0.11 does for arrays created inside the function)
+            jax.tree_util.keystr(k): None
+            if v.sharding is None
+            else [padded_spec(v.sharding.spec, len(v.shape)), list(v.sharding.mesh.axis_names)]
             for k, v in jax.tree_util.tree_flatten_with_path(shaped)[0]
         }
 
@@ -184,7 +187,7 @@ def single_device_mlp(opt, host, xs, ys):
 
 
 def zero1_case(opt, host, xs, ys):
-    mesh = jax.make_mesh((8,), ('data',))
+    mesh = jax.make_mesh((8,), ('data',), axis_types=(AxisType.Auto,))  # as examples/distributed_train.py
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P('data'))
     params = jax.device_put(host, replicated)

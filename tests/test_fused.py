@@ -34,6 +34,7 @@ CASES = {
     ),
 }
 needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
+pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
 grad_fn = jax.jit(noisy_quadratic_grad)
 
 

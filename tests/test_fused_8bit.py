@@ -25,6 +25,7 @@ from adam_jax import fused
 from adam_jax.fused import _library
 
 needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
+pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
 EIGHT_BIT = dict(mu_dtype='int8', nu_dtype='uint8')
 
 

@@ -46,7 +46,8 @@ def _data(seed, n=16):
 
 
 def _loss(params, x, y):
-    return jnp.mean((x @ params['w'] + params['b'] - y) ** 2)
+    # float32 products (a GPU would otherwise multiply in TF32, which changes sums of micro-batch gradients)
+    return jnp.mean((jnp.matmul(x, params['w'], precision='highest') + params['b'] - y) ** 2)
 
 
 def _batches(seed, k=4):

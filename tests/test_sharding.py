@@ -208,7 +208,8 @@ def test_pmap_with_pmean_equals_single_device(dp):
 
 # ---------------------------------------------------------------- in-process: spec logic and errors
 
-MESH = AbstractMesh((8, 2), ('data', 'model'))
+# Auto axes written out: from jax 0.11 on an AbstractMesh's axes default to Explicit.
+MESH = AbstractMesh((8, 2), ('data', 'model'), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def _sds(shape, spec=None, dtype=jnp.float32):
