@@ -111,6 +111,11 @@ def test_state_shardings_helper_follows_params(follow, case):
 def test_eval_shape_carries_param_shardings(follow, case):
     out = follow[f'follow/{case}']
     shaped, params = out['eval_shape'], out['params']
+    if jax.__version_info__ >= (0, 11):
+        # jax 0.11 (0.11.2, on the GPU machine) gives arrays made inside eval_shape no sharding: the README's
+        # recipe there is adam_jax.state_shardings(opt, params), tested above.
+        assert all(shaped[path] is None for path in _moment_paths(shaped))
+        return
     for path in _moment_paths(shaped):
         spec, axes = shaped[path]
         assert spec == params[_param_key(path)]['spec']
