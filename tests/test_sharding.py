@@ -111,12 +111,12 @@ def test_state_shardings_helper_follows_params(follow, case):
 def test_eval_shape_carries_param_shardings(follow, case):
     out = follow[f'follow/{case}']
     shaped, params = out['eval_shape'], out['params']
-    if jax.__version_info__ >= (0, 11):
-        # jax 0.11 (0.11.2, on the GPU machine) gives arrays made inside eval_shape no sharding: the README's
-        # recipe there is adam_jax.state_shardings(opt, params), tested above.
-        assert all(shaped[path] is None for path in _moment_paths(shaped))
-        return
     for path in _moment_paths(shaped):
+        if shaped[path] is None:
+            # jax 0.11.2 (on the GPU machine) gives some arrays made inside eval_shape no sharding; the README's
+            # recipe is adam_jax.state_shardings(opt, params), tested above. jax 0.10 gives every one.
+            assert jax.__version_info__ >= (0, 11), path
+            continue
         spec, axes = shaped[path]
         assert spec == params[_param_key(path)]['spec']
         assert axes == ['data', 'model']
