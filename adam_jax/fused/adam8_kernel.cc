@@ -193,6 +193,13 @@ ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
 }
 
+// 32 bytes packed from four vectors of int32 codes by packs_epi32 then packs_epi16 / packus_epi16, which work
+// within 128-bit lanes: the dwords come out in the order [0 2 4 6 1 3 5 7] of the 8-code groups; put them back.
+ADAM_JAX_AVX2 inline void StorePacked32(void* out, __m256i packed) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(packed, order));
+}
+
 // Consecutive blocks of block_size elements (the last may be partial): span.n elements from span.p, ...,
 // one absmax each from span.ma, span.va.
 template <bool kDecay>
@@ -215,6 +222,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
   const __m256 m_c1 = _mm256_loadu_ps(q.m_c1), m_c0 = _mm256_loadu_ps(q.m_c0);
   const __m256 v_c1 = _mm256_loadu_ps(q.v_c1), v_c0 = _mm256_loadu_ps(q.v_c0);
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  const __m256i low_byte = _mm256_set1_epi32(0xff);
   for (int64_t k = 0; k * block_size < span.n; ++k) {
     const int64_t a0 = k * block_size;
     const Block b{span.p + a0, span.g + a0, span.mc + a0, span.ma + k, span.vc + a0, span.va + k,
@@ -246,15 +254,31 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
     Finish(b, amax_m, amax_v, sm, sv);
 
     const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
-    for (int64_t i = 0; i < n8; i += 8) {
+    // The codes of 8 moments as int32 lanes: m's signed code, v's unsigned one.
+    const auto encode8 = [&](int64_t i, __m256i& code_m, __m256i& code_v) ADAM_JAX_AVX2 {
       const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
       // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
       const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
-      const __m256i n = EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0);
-      StoreLowBytes(b.mc + i, _mm256_sign_epi32(n, _mm256_castps_si256(x)));  // -n where x < 0 (n = 0 at x = 0)
+      // NaN converts to INT32_MIN, whose low byte (0) is its code in XLA; keeping the low byte lets the packing
+      // below saturate nothing. sign_epi32 gives -n where x < 0 (n = 0 at x = 0).
+      const __m256i n = _mm256_and_si256(EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0), low_byte);
+      code_m = _mm256_sign_epi32(n, _mm256_castps_si256(x));
       // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
       const __m256 y = _mm256_min_ps(one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), zero));
-      StoreLowBytes(b.vc + i, EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0));
+      code_v = EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0);
+    };
+    int64_t i = 0;
+    for (; i + 32 <= n8; i += 32) {  // 32 codes at a time, narrowed with saturating packs (every code fits)
+      __m256i cm[4], cv[4];
+      for (int j = 0; j < 4; ++j) encode8(i + 8 * j, cm[j], cv[j]);
+      StorePacked32(b.mc + i, _mm256_packs_epi16(_mm256_packs_epi32(cm[0], cm[1]), _mm256_packs_epi32(cm[2], cm[3])));
+      StorePacked32(b.vc + i, _mm256_packus_epi16(_mm256_packs_epi32(cv[0], cv[1]), _mm256_packs_epi32(cv[2], cv[3])));
+    }
+    for (; i < n8; i += 8) {
+      __m256i cm, cv;
+      encode8(i, cm, cv);
+      StoreLowBytes(b.mc + i, cm);
+      StoreLowBytes(b.vc + i, cv);
     }
     Pass2Scalar<true>(b, n8, q, mt, vt, sm, sv);
   }
