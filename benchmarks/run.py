@@ -264,7 +264,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f'| {r["first_call_s"]:.2f} '
             f'| {_ratio(r["first_call_vs_optax"])} | {r["peak_rss_mib"]:.0f} |'
         )
-    lines += ['', f'Kernel: {meta["kernel"]}.', '']
+    on_cpu = meta.get('device', 'cpu').startswith('cpu')
+    kernel = 'Kernel' if on_cpu else 'CPU kernel (unused here: on this device the adam_jax rows run the composed chain)'
+    lines += ['', f'{kernel}: {meta["kernel"]}.', '']
     return '\n'.join(lines)
 
 

@@ -7,11 +7,13 @@ that every configuration was measured and that the derived columns follow from t
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
 from adam_jax import fused
+from adam_jax.fused import _library
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -40,3 +42,25 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     table = (tmp_path / 'results-smoke.md').read_text()
     assert '| 0.25M | 10 | adam_jax |' in table and '| 0.25M | 10 | optax.adam |' in table
     assert 'python -m benchmarks.run --smoke' in table
+    assert 'JAX on cpu: ' in table and rows['adam_jax']['device'].startswith('cpu')
+
+
+def test_fusions_report_names_what_each_step_compiles_to():
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    sections = out.split('\n\n')
+    fused_section = next(s for s in sections if s.startswith('adam_jax.fused.adam(...).step:'))
+    optax_section = next(s for s in sections if s.startswith('optax.adam:'))
+    # On the CPU the fused step is one call of the kernel where it is built, and optax's step has no custom call.
+    assert ('custom-call(' in fused_section) == _library.available()
+    assert 'custom-call(' not in optax_section
+    for name in ('optax.adam', 'adam_jax.adam', 'adam_jax.fused.adam(...).step'):
+        assert f'{name}: median ' in out

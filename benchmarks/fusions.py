@@ -1,0 +1,80 @@
+"""What XLA compiles one Adam step to on the current device, and how long it takes.
+
+Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50]``.
+
+For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
+on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
+the whole step into one multi-output fusion; on a CPU it makes three loops, or one call of the fused kernel),
+then the median and fastest of ``--steps`` interleaved, donated steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import adam_jax
+from adam_jax import fused
+
+
+def _update_step(opt):
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def _fused_step(opt):
+    def step(params, state, grads):
+        return opt.step(params, grads, state)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--params', type=int, default=2**24)
+    parser.add_argument('--steps', type=int, default=50)
+    args = parser.parse_args()
+
+    grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
+    optimizers = {
+        'optax.adam': (optax.adam(1e-3), _update_step),
+        'adam_jax.adam': (adam_jax.adam(1e-3), _update_step),
+        'adam_jax.fused.adam(...).step': (fused.adam(1e-3), _fused_step),
+    }
+    print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')
+    runs = {}
+    for name, (opt, make_step) in optimizers.items():
+        params = jnp.zeros((args.params,), jnp.float32)
+        state = opt.init(params)
+        compiled = jax.jit(make_step(opt), donate_argnums=(0, 1)).lower(params, state, grads).compile()
+        entry = compiled.as_text().split('ENTRY')[1]
+        ops = [line.strip() for line in entry.splitlines() if ' fusion(' in line or 'custom-call(' in line]
+        print(f'\n{name}: {len(ops)} fusions and custom calls')
+        for op in ops:
+            print('   ', op[:150])
+        runs[name] = dict(step=compiled, params=params, state=state, times=[])
+    for _ in range(args.steps):
+        for run in runs.values():
+            start = time.perf_counter()
+            run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
+            jax.block_until_ready(run['params'])
+            run['times'].append(time.perf_counter() - start)
+    print()
+    for name, run in runs.items():
+        median = statistics.median(run['times'])
+        print(
+            f'{name}: median {1e3 * median:.3f} ms, fastest {1e3 * min(run["times"]):.3f} ms, '
+            f'{28 * args.params / median / 1e9:.0f} GB/s at 28 B/param'
+        )
+
+
+if __name__ == '__main__':
+    main()
