@@ -160,8 +160,9 @@ ADAM_JAX_AVX2 inline float MaxLanes(__m256 x) {
 ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, int k, __m256 next_lower, __m256 c1, __m256 c0) {
   const __m256i top = _mm256_sub_epi32(_mm256_set1_epi32(126), _mm256_srli_epi32(_mm256_castps_si256(a), 23));
   const __m256i m = _mm256_max_epi32(top, _mm256_setzero_si256());
-  __m256i e = _mm256_min_epi32(_mm256_srli_epi32(_mm256_mullo_epi32(m, _mm256_set1_epi32(19729)), 16),
-                               _mm256_set1_epi32(k));
+  // m <= 127 sits in the low 16-bit half of each lane (the high half is 0), so the unsigned high product of the
+  // 16-bit halves is (m 19729) >> 16 in the low half and 0 in the high one: the shift comes free.
+  __m256i e = _mm256_min_epi32(_mm256_mulhi_epu16(m, _mm256_set1_epi32(19729)), _mm256_set1_epi32(k));
   e = _mm256_sub_epi32(e, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_permutevar8x32_ps(next_lower, e), _CMP_LT_OQ)));
   return _mm256_cvtps_epi32(_mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(c1, e), _mm256_permutevar8x32_ps(c0, e)));
 }
