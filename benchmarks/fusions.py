@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import optax
 
 import adam_jax
 from adam_jax import fused
+from benchmarks.interleave import time_interleaved
 
 
 def _update_step(opt):
@@ -61,12 +61,7 @@ def main() -> None:
         for op in ops:
             print('   ', op[:150])
         runs[name] = dict(step=compiled, params=params, state=state, times=[])
-    for _ in range(args.steps):
-        for run in runs.values():
-            start = time.perf_counter()
-            run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
-            jax.block_until_ready(run['params'])
-            run['times'].append(time.perf_counter() - start)
+    time_interleaved(runs, args.steps, grads)
     print()
     for name, run in runs.items():
         median = statistics.median(run['times'])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ import optax
 
 import adam_jax
 from adam_jax import fused
+from benchmarks.interleave import time_interleaved
 
 CONFIGS = {
     'fp32 (adam_jax)': dict(),
@@ -85,12 +85,7 @@ def main() -> None:
         nbytes = adam_jax.state_nbytes(jax.eval_shape(opt.init, abstract)).total
         runs[name] = dict(step=step, params=params, state=state, times=[], nbytes=nbytes)
 
-    for _ in range(args.rounds):
-        for run in runs.values():
-            t0 = time.perf_counter()
-            run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
-            jax.block_until_ready((run['params'], run['state']))
-            run['times'].append(time.perf_counter() - t0)
+    time_interleaved(runs, args.rounds, grads)
 
     base = runs['fp32 (adam_jax)']
     base_t = statistics.median(base['times'])
