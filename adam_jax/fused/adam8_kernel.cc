@@ -195,7 +195,8 @@ ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
 }
 
 // 32 bytes packed from four vectors of int32 codes by packs_epi32 then packs_epi16 / packus_epi16, which work
-// within 128-bit lanes: the dwords come out in the order [0 2 4 6 1 3 5 7] of the 8-code groups; put them back.
+// within 128-bit lanes: numbering the 4-code dwords of the result 0..7 in memory order (vector j holds 2j and
+// 2j + 1), they come out as [0 2 4 6 1 3 5 7]; put them back in order.
 ADAM_JAX_AVX2 inline void StorePacked32(void* out, __m256i packed) {
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(packed, order));
