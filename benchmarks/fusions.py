@@ -37,6 +37,17 @@ def _fused_step(opt):
     return step
 
 
+def _summary(hlo_line: str) -> str:
+    """'%name = <result shape> fusion, kind=...' or '... custom-call <target>' from one line of HLO text."""
+    name, rest = hlo_line.strip().split(' = ', 1)
+    shape = rest.split(' fusion(')[0].split(' custom-call(')[0]
+    if ' custom-call(' in rest:
+        target = rest.split('custom_call_target="', 1)[1].split('"', 1)[0] if 'custom_call_target="' in rest else '?'
+        return f'{name} = {shape} custom-call {target}'
+    kind = rest.split('kind=', 1)[1].split(',', 1)[0] if 'kind=' in rest else '?'
+    return f'{name} = {shape} fusion, kind={kind}'
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--params', type=int, default=2**24)
@@ -56,10 +67,10 @@ def main() -> None:
         state = opt.init(params)
         compiled = jax.jit(make_step(opt), donate_argnums=(0, 1)).lower(params, state, grads).compile()
         entry = compiled.as_text().split('ENTRY')[1]
-        ops = [line.strip() for line in entry.splitlines() if ' fusion(' in line or 'custom-call(' in line]
+        ops = [_summary(line) for line in entry.splitlines() if ' fusion(' in line or 'custom-call(' in line]
         print(f'\n{name}: {len(ops)} fusions and custom calls')
         for op in ops:
-            print('   ', op[:150])
+            print('   ', op)
         runs[name] = dict(step=compiled, params=params, state=state, times=[])
     time_interleaved(runs, args.steps, grads)
     print()

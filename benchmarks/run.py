@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (40 min on a busy 2-core box)
-    python -m benchmarks.run --quick    # 16M params in 1 and 1000 leaves (the acceptance cases, < 3 min)
+    python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (6.5 min on an idle 2-core box)
+    python -m benchmarks.run --quick    # 16M params in 1 and 1000 leaves (the acceptance cases, < 1 min)
+    python -m benchmarks.run --quick --torch-device cuda   # on a GPU machine: torch's fused Adam on CUDA too
     python -m benchmarks.run --smoke    # 256K params in 10 leaves, 2 rounds (what the test runs)
 
 Every (params, leaves, implementation) runs in its own worker process (so its peak RSS is its own);
@@ -13,7 +14,7 @@ ratio to optax.adam's and torch's in the same configuration, the fastest step (w
 would give), the bandwidth at 28 B/param (read
 params, grads, m, v; write params, m, v), that bandwidth as a share of a donated in-place JAX triad
 (b = b + s*c, 12 B/element) measured in the same rounds, the first-call time (jit compile; for torch
-its first step, which allocates its state) and the worker's peak RSS.
+its first step, which allocates its state) and the worker's peak RSS (host memory, also on a GPU).
 
 Implementations:
   adam_jax        adam_jax.fused.adam(...).step on the params kept as one flat float32 vector (the
@@ -111,7 +112,8 @@ def _jax_setup(name: str, n: int, leaves: int):
         return time.perf_counter() - t
 
     if name == TRIAD:
-        note = f'{jax.devices()[0].platform}: {jax.devices()[0].device_kind}'  # where the JAX rows ran
+        device = jax.devices()[0]  # where the JAX rows ran
+        note = device.platform if device.device_kind == device.platform else f'{device.platform}: {device.device_kind}'
     else:
         note = fused.status() if name.startswith('adam_jax') and name != 'adam_jax chain' else ''
     return run, first, note
@@ -135,7 +137,7 @@ def _torch_setup(n: int, leaves: int):
         return time.perf_counter() - t
 
     first = run()  # allocates the state: torch's first-call cost
-    where = torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} threads'
+    where = torch.cuda.get_device_name(device) if device.startswith('cuda') else f'{torch.get_num_threads()} threads'
     return run, first, f'torch {torch.__version__}, {where}'
 
 
@@ -171,6 +173,8 @@ class Worker:
         root = pathlib.Path(__file__).resolve().parent.parent
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
         env[TORCH_DEVICE_ENV] = torch_device
+        # On a GPU every JAX worker would otherwise take most of its memory up front, and they all live at once.
+        env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
         command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--worker', name, str(n), str(leaves)]
         self.name = name
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -264,7 +268,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f'| {r["first_call_s"]:.2f} '
             f'| {_ratio(r["first_call_vs_optax"])} | {r["peak_rss_mib"]:.0f} |'
         )
-    on_cpu = meta.get('device', 'cpu').startswith('cpu')
+    on_cpu = meta['device'].startswith('cpu')
     kernel = 'Kernel' if on_cpu else 'CPU kernel (unused here: on this device the adam_jax rows run the composed chain)'
     lines += ['', f'{kernel}: {meta["kernel"]}.', '']
     return '\n'.join(lines)
@@ -276,7 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--smoke', action='store_const', const='smoke', dest='mode')
     parser.add_argument('--no-torch', action='store_true', help='leave torch out even if it is installed')
     parser.add_argument(
-        '--torch-device', default='cpu', help="where torch's fused Adam runs: cpu (default) or cuda, beside JAX's GPU"
+        '--torch-device',
+        default='cpu',
+        choices=('cpu', 'cuda'),
+        help="where torch's fused Adam runs: cpu (default) or cuda, beside JAX's GPU",
     )
     parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent)
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
@@ -301,8 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
             samples=spec['rounds'] * spec['steps'],
             command='python -m benchmarks.run'
             + ('' if args.mode == 'full' else f' --{args.mode}')
-            + ('' if args.torch_device == 'cpu' else f' --torch-device {args.torch_device}'),
-            device=rows[0]['device'] if rows else '',
+            + ('' if args.torch_device == 'cpu' or not with_torch else f' --torch-device {args.torch_device}'),
+            device=rows[0]['device'] if rows else 'unknown',
             torch_device=args.torch_device,
             kernel=next((r['note'] for r in rows if r['impl'] == 'adam_jax'), ''),
             torch=with_torch,

@@ -106,8 +106,8 @@ def init_distributed(coordinator: str, num_processes: int, process_id: int, time
 
 
 def train(steps: int, batch_size: int, learning_rate: float, zero1: bool) -> dict:
-    # Auto axes: jit places the step by its in/out shardings (explicit axes, make_mesh's default from jax 0.11 on,
-    # would ask every sharded scatter in the loss's gradient for an out_sharding).
+    # Auto axes: jit places the step by its in/out shardings. With explicit axes (make_mesh's default), jax 0.11
+    # asks every sharded scatter in the loss's gradient for an out_sharding; jax 0.10 did not.
     mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
     replicated = NamedSharding(mesh, P())
     rows = NamedSharding(mesh, P('data'))

@@ -111,6 +111,7 @@ def test_state_shardings_helper_follows_params(follow, case):
 def test_eval_shape_carries_param_shardings(follow, case):
     out = follow[f'follow/{case}']
     shaped, params = out['eval_shape'], out['params']
+    assert any(shaped[path] is not None for path in _moment_paths(shaped))  # never vacuous
     for path in _moment_paths(shaped):
         if shaped[path] is None:
             # jax 0.11.2 (on the GPU machine) gives some arrays made inside eval_shape no sharding; the README's

@@ -194,6 +194,28 @@ ADAM_JAX_AVX2 inline void StoreLowBytes(void* out, __m256i x) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
 }
 
+// What requantization needs, broadcast once per span: the per-decade constants of both maps and a few masks.
+struct Encoder {
+  __m256 one, zero, abs_mask, m_next_lower, m_c1, m_c0, v_next_lower, v_c1, v_c0;
+  __m256i low_byte;
+};
+
+// The codes of moments [i, i + 8) of the scratch as int32 lanes: m's signed code, v's unsigned one.
+ADAM_JAX_AVX2 inline void Encode8(const Encoder& c, const float* mt, const float* vt, int64_t i, __m256 scale_m,
+                                  __m256 scale_v, __m256i& code_m, __m256i& code_v) {
+  const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
+  // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
+  const __m256 a = _mm256_min_ps(c.one, _mm256_and_ps(x, c.abs_mask));
+  // NaN converts to INT32_MIN, whose low byte (0) is its code in XLA; keeping the low byte lets the packing
+  // saturate nothing. sign_epi32 gives -n where x < 0 (n = 0 at x = 0).
+  const __m256i n = _mm256_and_si256(EncodeMagnitude8(a, kDecadesSigned - 1, c.m_next_lower, c.m_c1, c.m_c0),
+                                     c.low_byte);
+  code_m = _mm256_sign_epi32(n, _mm256_castps_si256(x));
+  // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
+  const __m256 y = _mm256_min_ps(c.one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), c.zero));
+  code_v = EncodeMagnitude8(y, kDecadesUnsigned - 1, c.v_next_lower, c.v_c1, c.v_c0);
+}
+
 // 32 bytes packed from four vectors of int32 codes by packs_epi32 then packs_epi16 / packus_epi16, which work
 // within 128-bit lanes: numbering the 4-code dwords of the result 0..7 in memory order (vector j holds 2j and
 // 2j + 1), they come out as [0 2 4 6 1 3 5 7]; put them back in order.
@@ -220,11 +242,11 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
     m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
     v_next[e] = e + 1 < kDecadesUnsigned ? q.v_lower[e + 1] : 0.0f;
   }
-  const __m256 m_next_lower = _mm256_loadu_ps(m_next), v_next_lower = _mm256_loadu_ps(v_next);
-  const __m256 m_c1 = _mm256_loadu_ps(q.m_c1), m_c0 = _mm256_loadu_ps(q.m_c0);
-  const __m256 v_c1 = _mm256_loadu_ps(q.v_c1), v_c0 = _mm256_loadu_ps(q.v_c0);
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-  const __m256i low_byte = _mm256_set1_epi32(0xff);
+  const Encoder enc{_mm256_set1_ps(1.0f),    _mm256_setzero_ps(),
+                    abs_mask,                _mm256_loadu_ps(m_next),
+                    _mm256_loadu_ps(q.m_c1), _mm256_loadu_ps(q.m_c0),
+                    _mm256_loadu_ps(v_next), _mm256_loadu_ps(q.v_c1),
+                    _mm256_loadu_ps(q.v_c0), _mm256_set1_epi32(0xff)};
   for (int64_t k = 0; k * block_size < span.n; ++k) {
     const int64_t a0 = k * block_size;
     const Block b{span.p + a0, span.g + a0, span.mc + a0, span.ma + k, span.vc + a0, span.va + k,
@@ -256,29 +278,16 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
     Finish(b, amax_m, amax_v, sm, sv);
 
     const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
-    // The codes of 8 moments as int32 lanes: m's signed code, v's unsigned one.
-    const auto encode8 = [&](int64_t i, __m256i& code_m, __m256i& code_v) ADAM_JAX_AVX2 {
-      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(mt + i), scale_m);
-      // min_ps returns its second operand when either is NaN: NaN stays NaN, as in XLA.
-      const __m256 a = _mm256_min_ps(one, _mm256_and_ps(x, abs_mask));
-      // NaN converts to INT32_MIN, whose low byte (0) is its code in XLA; keeping the low byte lets the packing
-      // below saturate nothing. sign_epi32 gives -n where x < 0 (n = 0 at x = 0).
-      const __m256i n = _mm256_and_si256(EncodeMagnitude8(a, kDecadesSigned - 1, m_next_lower, m_c1, m_c0), low_byte);
-      code_m = _mm256_sign_epi32(n, _mm256_castps_si256(x));
-      // clip to [0, 1]: max_ps(y, 0) turns -0 into +0 and NaN into 0, whose code (0) is NaN's code in XLA.
-      const __m256 y = _mm256_min_ps(one, _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(vt + i), scale_v), zero));
-      code_v = EncodeMagnitude8(y, kDecadesUnsigned - 1, v_next_lower, v_c1, v_c0);
-    };
     int64_t i = 0;
     for (; i + 32 <= n8; i += 32) {  // 32 codes at a time, narrowed with saturating packs (every code fits)
       __m256i cm[4], cv[4];
-      for (int j = 0; j < 4; ++j) encode8(i + 8 * j, cm[j], cv[j]);
+      for (int j = 0; j < 4; ++j) Encode8(enc, mt, vt, i + 8 * j, scale_m, scale_v, cm[j], cv[j]);
       StorePacked32(b.mc + i, _mm256_packs_epi16(_mm256_packs_epi32(cm[0], cm[1]), _mm256_packs_epi32(cm[2], cm[3])));
       StorePacked32(b.vc + i, _mm256_packus_epi16(_mm256_packs_epi32(cv[0], cv[1]), _mm256_packs_epi32(cv[2], cv[3])));
     }
     for (; i < n8; i += 8) {
       __m256i cm, cv;
-      encode8(i, cm, cv);
+      Encode8(enc, mt, vt, i, scale_m, scale_v, cm, cv);
       StoreLowBytes(b.mc + i, cm);
       StoreLowBytes(b.vc + i, cv);
     }
