@@ -120,13 +120,13 @@ def _ema(decay: chex.Numeric, old: chex.Array, new: chex.Array) -> chex.Array:
     return (1 - decay) * new + decay * old
 
 
-def _compressed(x: Any) -> bool:
+def is_compressed(x: Any) -> bool:
     """A moment stored as a pytree of its own (quantized or factored): one leaf of the params tree."""
     return quantization.is_quantized(x) or factored.is_factored(x)
 
 
 def _state_leaf(x: Any) -> bool:
-    return x is None or _compressed(x)
+    return x is None or is_compressed(x)
 
 
 def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
@@ -311,12 +311,12 @@ def scale_by_moments(
         new_state = MomentsState(
             count=count,
             mu=jax.tree.map(store, mu, state.mu),
-            nu=jax.tree.map(store, nu, state.nu, is_leaf=_compressed),
+            nu=jax.tree.map(store, nu, state.nu, is_leaf=is_compressed),
         )
         moments = Moments(
             grad=updates,
             mu=jax.tree.map(as_stored, mu, new_state.mu),
-            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=_compressed),
+            nu=jax.tree.map(as_stored, nu, new_state.nu, is_leaf=is_compressed),
             count=count,
             b1=b1,
             b2=b2,

@@ -336,11 +336,6 @@ struct Item {
   int64_t leaf, first_block, num_blocks;
 };
 
-template <typename T>
-void CopyIfNotAliased(T* out, const T* in, int64_t n) {
-  if (out != in) std::memmove(out, in, n * sizeof(T));
-}
-
 // Blocks [first, first + count) of one leaf.
 void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Maps& q, SpanFn fn,
              std::vector<float>& scratch) {

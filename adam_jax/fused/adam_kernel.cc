@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "kernel_common.h"
@@ -113,10 +112,9 @@ struct Leaf {
 void Segment(const Leaf& leaf, int64_t lo, int64_t hi, bool decay, std::vector<float>& scratch) {
   const int64_t n = hi - lo;
   float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
-  // Results not aliased to the inputs: start from a copy of the inputs, then update in place.
-  if (leaf.p != leaf.p_in) std::memmove(p, leaf.p_in + lo, n * sizeof(float));
-  if (leaf.m != leaf.m_in) std::memmove(m, leaf.m_in + lo, n * sizeof(float));
-  if (leaf.v != leaf.v_in) std::memmove(v, leaf.v_in + lo, n * sizeof(float));
+  CopyIfNotAliased(p, leaf.p_in + lo, n);
+  CopyIfNotAliased(m, leaf.m_in + lo, n);
+  CopyIfNotAliased(v, leaf.v_in + lo, n);
   const float* g = leaf.g + lo;
   const int64_t bytes = n * sizeof(float);
   if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || Overlaps(g, bytes, v, bytes)) {

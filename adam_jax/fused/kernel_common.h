@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -68,6 +69,12 @@ inline float NewParam(const Hyper& h, float r1, float r2, float p, float m, floa
   float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
   return Fma<kFma>(h.neg_lr, d, p);
+}
+
+// Results not aliased to their operands start as a copy of them, then are updated in place.
+template <typename T>
+void CopyIfNotAliased(T* out, const T* in, int64_t n) {
+  if (out != in) std::memmove(out, in, n * sizeof(T));
 }
 
 inline bool Overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {

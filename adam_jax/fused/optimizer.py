@@ -39,7 +39,7 @@ import optax
 
 from adam_jax import aliases, factored, quantization
 from adam_jax.fused import _library
-from adam_jax.moments import saturating_increment
+from adam_jax.moments import is_compressed, saturating_increment
 
 # Under jax.vmap the kernels get every operand with the batch axis in front and treat each batch element as
 # its own problem (its own scalars: step count, learning rate), in the same single pass.
@@ -153,17 +153,13 @@ def _cpu_only() -> bool:
     return True
 
 
-def _compressed(x: Any) -> bool:
-    return quantization.is_quantized(x) or factored.is_factored(x)
-
-
 def _moment_leaves(tree: Any) -> list:
     """The leaves of a moment tree, a quantized or factored moment counting as one."""
-    return jax.tree.leaves(tree, is_leaf=_compressed)
+    return jax.tree.leaves(tree, is_leaf=is_compressed)
 
 
 def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
-    return jax.tree.structure(tree, is_leaf=_compressed)
+    return jax.tree.structure(tree, is_leaf=is_compressed)
 
 
 def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype) -> FusedTransformation:
