@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 import jax
 
 
-def time_interleaved(runs: dict[str, dict[str, Any]], rounds: int, grads: Any) -> None:
+def time_interleaved(runs: dict[str, dict[str, Any]], rounds: int, grads: Any, seed: int = 0) -> None:
     """One step of every run per round, ``rounds`` times; appends each step's seconds to ``run['times']``.
 
     Each run is a dict with ``step(params, state, grads) -> (params, state)`` (jitted, usually donating params and
     state), its current ``params`` and ``state`` (replaced by each step's results) and a list ``times``.
+    The order is shuffled every round (seeded): a step that runs right after a heavy one (a multi-threaded XLA
+    computation whose idle threads still spin, caches full of its data) pays for it, and no run should always be
+    the one that follows the same neighbour.
     """
+    order = list(runs.values())
+    shuffle = random.Random(seed).shuffle
     for _ in range(rounds):
-        for run in runs.values():
+        shuffle(order)
+        for run in order:
             start = time.perf_counter()
             run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
             jax.block_until_ready((run['params'], run['state']))

@@ -48,7 +48,7 @@ TRIAD = 'triad'
 TORCH_DEVICE_ENV = 'ADAM_JAX_BENCH_TORCH_DEVICE'  # the parent's --torch-device, passed on to the torch worker
 MODES = {
     'full': dict(sizes=(2**20, 2**22, 2**24, 2**26), leaves=(1, 100, 1000), rounds=5, steps=3),
-    'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=16, steps=2),
+    'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=32, steps=2),
     'smoke': dict(sizes=(2**18,), leaves=(10,), rounds=2, steps=2),
 }
 
