@@ -1,11 +1,16 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
-Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50]``.
+Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
 the whole step into one multi-output fusion; on a CPU it makes three loops, or one call of the fused kernel),
-then the median and fastest of ``--steps`` interleaved, donated steps.
+then the median and fastest of ``--steps`` interleaved, donated steps (in an order shuffled every round).
+
+``--torch`` adds ``torch.optim.Adam(fused=True)`` on the CPU to the same rounds, in the same process: the
+steps then share one process's memory and machine state, which ``benchmarks.run`` (a process per
+implementation) cannot give. torch keeps its default OpenMP settings, so its idle threads may still spin
+while the step after its own runs (that costs the other steps, not torch's).
 """
 
 from __future__ import annotations
@@ -37,6 +42,23 @@ def _fused_step(opt):
     return step
 
 
+def _torch_run(n: int) -> dict:
+    """torch's fused CPU Adam on n params in one tensor, as a run of time_interleaved (it ignores params/state)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    param = torch.zeros(n, requires_grad=True)
+    param.grad = torch.randn(n, generator=gen)
+    opt = torch.optim.Adam([param], lr=1e-3, fused=True)
+    opt.step()  # allocates its state
+
+    def step(params, state, grads):
+        opt.step()
+        return params, state
+
+    return dict(step=step, params=None, state=None, times=[])
+
+
 def _summary(hlo_line: str) -> str:
     """'%name = <result shape> fusion, kind=...' or '... custom-call <target>' from one line of HLO text."""
     name, rest = hlo_line.strip().split(' = ', 1)
@@ -52,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--params', type=int, default=2**24)
     parser.add_argument('--steps', type=int, default=50)
+    parser.add_argument('--torch', action='store_true', help="also time torch's fused CPU Adam in this process")
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -72,6 +95,8 @@ def main() -> None:
         for op in ops:
             print('   ', op)
         runs[name] = dict(step=compiled, params=params, state=state, times=[])
+    if args.torch:
+        runs['torch.optim.Adam(fused=True)'] = _torch_run(args.params)
     time_interleaved(runs, args.steps, grads)
     print()
     for name, run in runs.items():

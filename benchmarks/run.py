@@ -45,6 +45,9 @@ LR = 1e-3
 OPTAX = 'optax.adam'
 TORCH = 'torch fused'
 TRIAD = 'triad'
+# Idle time after every worker's turn: the threads of the runtime that just ran (XLA's intra-op pool, torch's OpenMP
+# team) spin for a while after a step before they sleep, and would take a core from the next worker's first step.
+TURN_PAUSE_S = 0.005
 TORCH_DEVICE_ENV = 'ADAM_JAX_BENCH_TORCH_DEVICE'  # the parent's --torch-device, passed on to the torch worker
 MODES = {
     'full': dict(sizes=(2**20, 2**22, 2**24, 2**26), leaves=(1, 100, 1000), rounds=5, steps=3),
@@ -214,6 +217,7 @@ def measure(n: int, leaves: int, mode: str, with_torch: bool, torch_device: str 
     for r in range(spec['rounds']):
         for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
             w.run(spec['steps'])
+            time.sleep(TURN_PAUSE_S)
     peaks = {w.name: w.finish() for w in workers}
     medians = {w.name: statistics.median(w.times) for w in workers}
     firsts = {w.name: w.ready['first_call_s'] for w in workers}

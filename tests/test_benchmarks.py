@@ -50,7 +50,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
 
 def test_fusions_report_names_what_each_step_compiles_to():
     done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3'],
+        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3', '--torch'],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -65,5 +65,5 @@ def test_fusions_report_names_what_each_step_compiles_to():
     # On the CPU the fused step is one call of the kernel where it is built, and optax's step has no custom call.
     assert ('custom-call adam_jax_fused_adam' in fused_section) == _library.available()
     assert 'custom-call' not in optax_section and 'fusion, kind=kLoop' in optax_section
-    for name in ('optax.adam', 'adam_jax.adam', 'adam_jax.fused.adam(...).step'):
+    for name in ('optax.adam', 'adam_jax.adam', 'adam_jax.fused.adam(...).step', 'torch.optim.Adam(fused=True)'):
         assert f'{name}: median ' in out
