@@ -9,8 +9,8 @@ then the median and fastest of ``--steps`` interleaved, donated steps (in an ord
 
 ``--torch`` adds ``torch.optim.Adam(fused=True)`` on the CPU to the same rounds, in the same process: the
 steps then share one process's memory and machine state, which ``benchmarks.run`` (a process per
-implementation) cannot give. torch keeps its default OpenMP settings, so its idle threads may still spin
-while the step after its own runs (that costs the other steps, not torch's).
+implementation) cannot give. torch keeps its default OpenMP settings: its threads spin for a while after
+each of its steps, which the pause after every step (``benchmarks.interleave.PAUSE_S``) lets run out.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ TORCH = 'torch fused'
 TRIAD = 'triad'
 # Idle time after every worker's turn: the threads of the runtime that just ran (XLA's intra-op pool, torch's OpenMP
 # team) spin for a while after a step before they sleep, and would take a core from the next worker's first step.
+# (benchmarks.interleave.PAUSE_S is the same pause between steps in one process; that module imports jax, which
+# the parent and the torch worker here do not.)
 TURN_PAUSE_S = 0.005
 TORCH_DEVICE_ENV = 'ADAM_JAX_BENCH_TORCH_DEVICE'  # the parent's --torch-device, passed on to the torch worker
 MODES = {
