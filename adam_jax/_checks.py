@@ -1,8 +1,11 @@
 """Argument checks shared by every factory: clear errors at construction time.
 
-Only concrete Python or NumPy numbers are checked. Traced arrays (from
-``optax.inject_hyperparams``), jax arrays and schedules pass through unchecked,
-because their values are not known when the transform is built.
+Concrete values are checked: Python and NumPy numbers and 0-d arrays, and jax arrays
+that are not being traced (so ``optax.inject_hyperparams`` values are checked when
+its ``init`` runs outside ``jit``). Traced arrays and schedules pass through
+unchecked, because their values are not known when the transform is built.
+Booleans, strings, ``None`` and arrays of more than one element are not numbers and
+are refused with a ``TypeError`` naming the argument.
 """
 
 from __future__ import annotations
@@ -11,17 +14,31 @@ import math
 import numbers
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
-def _concrete_number(value: Any) -> float | None:
-    if isinstance(value, bool):
+def is_bool(value: Any) -> bool:
+    """A Python or NumPy boolean (a subclass of int that no numeric argument should accept)."""
+    return isinstance(value, (bool, np.bool_))
+
+
+def _concrete_number(name: str, value: Any) -> float | None:
+    """``value`` as a float, ``None`` if it is traced (unknown until run time); ``TypeError`` if not a number."""
+    if isinstance(value, jax.core.Tracer):
         return None
+    if is_bool(value):
+        raise TypeError(f'{name} must be a real number, got the boolean {value!r}.')
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in 'fiu':
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        if value.ndim != 0:
+            raise TypeError(f'{name} must be a scalar, got an array of shape {tuple(value.shape)}.')
+        if value.dtype.kind not in 'fiu':
+            raise TypeError(f'{name} must be a real number, got a 0-d array of dtype {value.dtype}.')
         return float(value)
-    return None
+    raise TypeError(f'{name} must be a real number, got {value!r} of type {type(value).__name__}.')
 
 
 def _describe(low: float | None, high: float | None, low_inclusive: bool, high_inclusive: bool) -> str:
@@ -39,11 +56,11 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raises ``ValueError`` naming ``name`` if a concrete ``value`` is out of range.
+    """Raises ``ValueError`` naming ``name`` if a concrete ``value`` is out of range (``TypeError`` if not a number).
 
     NaN and infinite values are always rejected.
     """
-    x = _concrete_number(value)
+    x = _concrete_number(name, value)
     if x is None:
         return
     allowed = _describe(low, high, low_inclusive, high_inclusive)
@@ -64,12 +81,37 @@ def check_nonnegative(name: str, value: Any) -> None:
     check_range(name, value, 0.0, None)
 
 
-def check_learning_rate(value: Any) -> None:
-    """A constant learning rate must be finite; a schedule is not called here."""
+def check_learning_rate(value: Any, name: str = 'learning_rate') -> None:
+    """A constant learning rate must be a finite number; a schedule (any callable) is not called here."""
     if not callable(value):
-        check_range('learning_rate', value)
+        check_range(name, value)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """A count or size: a Python or NumPy integer >= 1 (not a bool)."""
+    if is_bool(value) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f'{name} must be one of {allowed}, got {value!r}.')
+
+
+def float_dtype(name: str, value: Any, *, complex_ok: bool = True, others: str = '') -> np.dtype:
+    """``value`` as the dtype of a moment kept in floating point: float16, bfloat16, float32 or float64 (and
+    complex64 / complex128 if ``complex_ok``). Anything else, integer and 8-bit float types included (they need
+    a scale to hold a moment: see :mod:`adam_jax.quantization`), is refused naming ``name``; ``others`` lists
+    what else the caller accepts, for the message."""
+    allowed = 'a floating dtype of 16 bits or more (float32, bfloat16, float16, float64' + (
+        ', complex64, complex128)' if complex_ok else ')'
+    )
+    message = f'{name} must be {allowed}{others} or None, got {value!r}.'
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        raise TypeError(message) from None
+    kinds = jnp.inexact if complex_ok else jnp.floating
+    if not jnp.issubdtype(dtype, kinds) or jnp.finfo(dtype).bits < 16:
+        raise ValueError(message)
+    return np.dtype(dtype)

@@ -45,18 +45,34 @@ def first_difference(a: Any, b: Any) -> str:
 
 
 def check_same_structure(name_a: str, a: Any, name_b: str, b: Any, is_leaf: Any = is_none) -> None:
-    """Raises ``ValueError`` naming the first differing path if the trees differ."""
+    """Raises ``ValueError`` naming the first differing path if the trees differ, in structure or in the shape of
+    a leaf (a leaf of ``b`` without a ``shape``, such as ``None``, is not compared)."""
     if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):
         raise ValueError(
             f'{name_a} and {name_b} have different tree structures ({first_difference(a, b)}). '
             'Was the optimizer state built with init() on parameters of this shape?'
         )
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(a, is_leaf=is_leaf)[0], jax.tree.leaves(b, is_leaf=is_leaf)
+    ):
+        shape = getattr(y, 'shape', None)
+        if x is not None and shape is not None and tuple(jnp.shape(x)) != tuple(shape):
+            raise ValueError(
+                f'{name_a} and {name_b} differ in shape at {jax.tree_util.keystr(path) or "<root>"}: '
+                f'{tuple(jnp.shape(x))} vs {tuple(shape)}. Was the optimizer state built with init() on parameters '
+                'of this shape?'
+            )
 
 
 def check_inexact_leaves(name: str, params: Any) -> None:
     """Raises ``TypeError`` naming the first integer or boolean leaf: Adam is defined for real or complex floats."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         dtype = getattr(leaf, 'dtype', None)
+        if dtype is None and isinstance(leaf, (bool, int, float, complex)):
+            raise TypeError(
+                f'{name}: the leaf at {jax.tree_util.keystr(path) or "<root>"} is the Python {type(leaf).__name__} '
+                f'{leaf!r}; parameters must be arrays (e.g. jnp.asarray({leaf!r}, jnp.float32)).'
+            )
         if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f'{name}: the leaf at {jax.tree_util.keystr(path) or "<root>"} has dtype {dtype}; only floating '

@@ -148,6 +148,7 @@ def loshchilov_hutter_adamw(
             'loshchilov_hutter_adamw: learning_rate is the constant alpha; pass a schedule as '
             'schedule_multiplier instead.'
         )
+    _checks.check_learning_rate(schedule_multiplier, 'schedule_multiplier')
     return optax.chain(
         _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
         optax.scale(learning_rate),
@@ -460,6 +461,12 @@ def adafactor(
     _checks.check_nonnegative('eps', eps)
     if momentum is not None:
         _checks.check_decay('momentum', momentum)
+    if dtype_momentum is not None:  # None: optax.ema keeps the params' dtype
+        dtype_momentum = _checks.float_dtype('dtype_momentum', dtype_momentum, complex_ok=False)
+    if clipping_threshold is not None:
+        _checks.check_range('clipping_threshold', clipping_threshold, 0.0, None, low_inclusive=False)
+    if weight_decay_rate is not None and not callable(weight_decay_rate):
+        _checks.check_nonnegative('weight_decay_rate', weight_decay_rate)
     tx = [scale_by_factored_rms(decay_rate, decay_offset, min_dim_size_to_factor, eps, factored)]
     if clipping_threshold is not None:
         tx.append(optax.clip_by_block_rms(clipping_threshold))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import _checks
+from adam_jax import _checks, factored, quantization
 from adam_jax._tree import real_dtype
 from adam_jax.moments import require_moments, saturating_increment
 from adam_jax.sharding import replicated_zero
@@ -100,10 +100,16 @@ def max_second_moment(*, nu_dtype: Any = None) -> optax.GradientTransformationEx
     maximum was taken of raw moments.
 
     Args:
-      nu_dtype: storage dtype of :math:`\hat v` (default: the real dtype of the
-        parameters).
+      nu_dtype: storage dtype of :math:`\hat v`, a float dtype (default: the real
+        dtype of the parameters). The maximum is not kept 8-bit or factored.
     """
-    nu_dtype = None if nu_dtype is None else real_dtype(nu_dtype)
+    if isinstance(nu_dtype, factored.Factored) or quantization.as_spec('nu_dtype', nu_dtype) is not None:
+        raise ValueError(
+            f"max_second_moment (AMSGrad's running maximum of v) keeps the maximum in a float dtype; "
+            f"nu_dtype={nu_dtype!r} (8-bit or factored storage) is not supported with it. Use None, 'float32' "
+            "or 'bfloat16'."
+        )
+    nu_dtype = None if nu_dtype is None else real_dtype(_checks.float_dtype('nu_dtype', nu_dtype))
 
     def init(params: optax.Params) -> MaxSecondMomentState:
         return MaxSecondMomentState(

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax._tree import abs_sq, real_dtype
+from adam_jax import _checks
+from adam_jax._tree import abs_sq, check_inexact_leaves, real_dtype
 
 
 def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
@@ -60,9 +61,8 @@ class Factored:
     min_dim_size_to_factor: int = 128
 
     def __post_init__(self):
-        value = self.min_dim_size_to_factor
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f'min_dim_size_to_factor must be a positive int, got {value!r}.')
+        _checks.check_positive_int('min_dim_size_to_factor', self.min_dim_size_to_factor)
+        object.__setattr__(self, 'min_dim_size_to_factor', int(self.min_dim_size_to_factor))
 
     def applies_to(self, leaf: Any) -> bool:
         return factored_dims(tuple(leaf.shape), self.min_dim_size_to_factor) is not None
@@ -153,8 +153,17 @@ def scale_by_factored_rms(
       eps: :math:`\epsilon_1`, added to :math:`G_t^2`.
       factored: ``False`` keeps a full :math:`V_t` for every leaf.
     """
+    _checks.check_nonnegative('decay_rate', decay_rate)
+    # 1 - (t - t0)^-c is a decay in [0, 1) only for t - t0 >= 1: t0 is a past step, a whole number
+    _checks.check_nonnegative('decay_offset', decay_offset)
+    if isinstance(decay_offset, float) and not decay_offset.is_integer():
+        raise ValueError(f'decay_offset must be a whole number of steps, got {decay_offset!r}.')
+    _checks.check_positive_int('min_dim_size_to_factor', min_dim_size_to_factor)
+    _checks.check_nonnegative('eps', eps)
 
     def init(params):
+        check_inexact_leaves('scale_by_factored_rms', params)
+
         def one(p):
             dtype = real_dtype(p.dtype)
             if factored and factored_dims(tuple(p.shape), min_dim_size_to_factor) is not None:

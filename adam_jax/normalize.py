@@ -110,6 +110,10 @@ def scale_by_rectified_rms(
       threshold: :math:`\rho_t` from which the rectified adaptive step is used.
       strict: switch only when :math:`\rho_t` exceeds ``threshold``.
     """
+    _checks.check_nonnegative('eps', eps)
+    _checks.check_nonnegative('eps_root', eps_root)
+    # r_t is real only for rho_t >= 4: a lower threshold would switch to a NaN step
+    _checks.check_range('threshold', threshold, 4.0, None)
 
     def leaf_direction(moments: Moments):
         if moments.second_moment == 'max':

@@ -40,12 +40,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from adam_jax import _checks
 
 DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MIN_SIZE = 4096
@@ -80,10 +83,13 @@ class BlockQuantized:
     min_size: int = DEFAULT_MIN_SIZE
 
     def __post_init__(self):
-        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
-            raise ValueError(f'block_size must be a positive int, got {self.block_size!r}.')
-        if not isinstance(self.min_size, int) or isinstance(self.min_size, bool) or self.min_size < 0:
+        if not _checks.is_bool(self.signed):
+            raise TypeError(f'signed must be a bool, got {self.signed!r}.')
+        _checks.check_positive_int('block_size', self.block_size)
+        if _checks.is_bool(self.min_size) or not isinstance(self.min_size, numbers.Integral) or self.min_size < 0:
             raise ValueError(f'min_size must be a non-negative int, got {self.min_size!r}.')
+        for name in ('signed', 'block_size', 'min_size'):  # plain Python values: hashable, comparable, printable
+            object.__setattr__(self, name, (bool if name == 'signed' else int)(getattr(self, name)))
 
     @property
     def code_dtype(self) -> np.dtype:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import check_same_structure, compute_dtype
+from adam_jax._tree import check_inexact_leaves, check_same_structure, compute_dtype
 from adam_jax.moments import _ema, reject_moments
 
 
@@ -43,13 +43,14 @@ def scale_by_sign_momentum(
     Args:
       b1: interpolation weight of the momentum in the direction, in [0, 1).
       b2: decay rate of the momentum, in [0, 1).
-      mu_dtype: storage dtype of the momentum (default: the params' dtype).
+      mu_dtype: storage dtype of the momentum, a float dtype (default: the params' dtype).
     """
     _checks.check_decay('b1', b1)
     _checks.check_decay('b2', b2)
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = None if mu_dtype is None else _checks.float_dtype('mu_dtype', mu_dtype)
 
     def init(params: optax.Params) -> SignMomentumState:
+        check_inexact_leaves('scale_by_sign_momentum', params)
         return SignMomentumState(mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype or p.dtype), params))
 
     def update(updates, state, params=None, **extra_args):

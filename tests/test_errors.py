@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -41,6 +43,26 @@ from adam_jax import bias_correct, decoupled_decay, presets, scale_by_moments, s
         (lambda: presets.pytorch.nadam(momentum_decay=-1.0), 'momentum_decay', '-1.0', '[0.0, inf)'),
         (lambda: presets.pytorch.radam(weight_decay=-0.1), 'weight_decay', '-0.1', '[0.0, inf)'),
         (lambda: presets.pytorch.adamax(eps=-1.0), 'max_eps', '-1.0', '[0.0, inf)'),
+        (lambda: adam_jax.adam(1e-3, b1=jnp.asarray(1.5)), 'b1', '1.5', '[0.0, 1.0)'),  # concrete jax array
+        (lambda: adam_jax.adam(1e-3, b1=np.float32(1.5)), 'b1', '1.5', '[0.0, 1.0)'),
+        (lambda: adam_jax.radam(1e-3, threshold=-1.0), 'threshold', '-1.0', '[4.0, inf)'),
+        (lambda: adam_jax.radam(1e-3, threshold=float('inf')), 'threshold', 'inf', '[4.0, inf)'),
+        (
+            lambda: adam_jax.loshchilov_hutter_adamw(1e-3, schedule_multiplier=float('nan')),
+            'schedule_multiplier',
+            'nan',
+            '(-inf, inf)',
+        ),
+        (lambda: adam_jax.adafactor(clipping_threshold=0.0), 'clipping_threshold', '0.0', '(0.0, inf)'),
+        (lambda: adam_jax.adafactor(weight_decay_rate=-0.1), 'weight_decay_rate', '-0.1', '[0.0, inf)'),
+        (lambda: adam_jax.adafactor(decay_rate=float('nan')), 'decay_rate', 'nan', '[0.0, inf)'),
+        (lambda: adam_jax.adafactor(decay_offset=-1), 'decay_offset', '-1', '[0.0, inf)'),
+        (lambda: adam_jax.adafactor(decay_offset=2.5), 'decay_offset', '2.5', 'whole number'),
+        (lambda: adam_jax.adafactor(min_dim_size_to_factor=0), 'min_dim_size_to_factor', '0', 'positive int'),
+        (lambda: adam_jax.adam(1e-3, mu_dtype='float8_e4m3fn'), 'mu_dtype', 'float8_e4m3fn', "'int8'"),
+        (lambda: adam_jax.adam(1e-3, nu_dtype='int4'), 'nu_dtype', 'int4', 'float'),
+        (lambda: adam_jax.lion(1e-3, mu_dtype='int8'), 'mu_dtype', 'int8', 'bfloat16'),
+        (lambda: adam_jax.adafactor(momentum=0.9, dtype_momentum='int8'), 'dtype_momentum', 'int8', 'float32'),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value, allowed):
@@ -51,6 +73,68 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
     assert value in message and allowed in message, message
 
 
+@pytest.mark.parametrize(
+    'build,arg,text',
+    [
+        (lambda: adam_jax.adam(1e-3, b1=True), 'b1', 'got the boolean True'),
+        (lambda: adam_jax.adam(True), 'learning_rate', 'got the boolean True'),
+        (lambda: adam_jax.adamw(1e-3, weight_decay=np.bool_(True)), 'weight_decay', 'boolean'),
+        (lambda: adam_jax.temporal_average(True), 'b2', 'boolean'),
+        (lambda: adam_jax.adam('abc'), 'learning_rate', "got 'abc' of type str"),
+        (lambda: adam_jax.adam(1e-3, eps='1e-8'), 'eps', 'of type str'),
+        (lambda: adam_jax.adam(None), 'learning_rate', 'got None'),
+        (lambda: adam_jax.adam(np.array([1e-3])), 'learning_rate', 'scalar, got an array of shape (1,)'),
+        (lambda: adam_jax.adam(1e-3, nu_dtype='banana'), 'nu_dtype', "'uint8'"),
+        (lambda: adam_jax.adamw(1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-2), 'mu_dtype', 'got 0.01'),  # a positional slip
+        (lambda: adam_jax.BlockQuantized(signed='no'), 'signed', "must be a bool, got 'no'"),
+    ],
+)
+def test_non_numbers_raise_type_error_naming_the_argument(build, arg, text):
+    with pytest.raises(TypeError) as err:
+        build()
+    message = str(err.value)
+    assert message.startswith(arg + ' ') and text in message, message
+
+
+def test_numpy_integers_are_sizes():
+    assert adam_jax.BlockQuantized(block_size=np.int64(128)).block_size == 128
+    assert type(adam_jax.BlockQuantized(block_size=np.int64(128)).block_size) is int
+    assert adam_jax.Factored(np.int32(64)).min_dim_size_to_factor == 64
+
+
+def test_amsgrad_refuses_an_8bit_or_factored_maximum():
+    # The running maximum is a float array; it used to be stored as raw uint8 (all zeros), which made AMSGrad
+    # plain Adam without a word.
+    for nu_dtype in ('uint8', adam_jax.BlockQuantized(signed=False), adam_jax.Factored()):
+        with pytest.raises(ValueError, match='max_second_moment.*nu_dtype=.*not supported'):
+            adam_jax.amsgrad(1e-3, nu_dtype=nu_dtype)
+    with pytest.raises(ValueError, match='max_second_moment'):
+        presets.pytorch.adam(amsgrad=True, nu_dtype='uint8')
+    adam_jax.amsgrad(1e-3, nu_dtype='bfloat16')  # a float maximum is fine
+
+
+@pytest.mark.parametrize('opt', [adam_jax.lion(1e-3), adam_jax.adafactor(), adam_jax.adam(1e-3)])
+def test_integer_and_python_number_params_are_refused_by_name(opt):
+    with pytest.raises(TypeError, match=r"the leaf at \['w'\] has dtype int32"):
+        opt.init({'w': jnp.ones((3, 4), jnp.int32)})
+    with pytest.raises(TypeError, match=r"the leaf at \['s'\] is the Python float 1.0"):
+        opt.init({'s': 1.0})
+
+
+@pytest.mark.parametrize('opt', [adam_jax.adam(1e-3), adam_jax.lion(1e-3), adam_jax.adam(1e-3, mu_dtype='int8')])
+def test_gradient_of_another_shape_is_refused_by_path(opt):
+    params = {'w': jnp.ones((3, 5000))}
+    state = opt.init(params)
+    for shape in [(2, 3, 5000), (5000, 3), (1,)]:
+        with pytest.raises(ValueError, match=re.escape(f"differ in shape at ['w']: {shape} vs (3, 5000)")):
+            opt.update({'w': jnp.ones(shape)}, state, params)
+
+
+def test_max_eps_of_any_numpy_type_is_refused_without_the_max_moment():
+    with pytest.raises(ValueError, match="max_eps is only used with second_moment='max'"):
+        scale_by_moments(max_eps=np.float32(0.5))
+
+
 def test_unknown_second_moment_is_rejected():
     with pytest.raises(
         ValueError, match=re.escape("second_moment must be one of ('square', 'max', 'belief'), got 'cube'")
@@ -59,9 +143,16 @@ def test_unknown_second_moment_is_rejected():
 
 
 def test_traced_hyperparameters_are_not_checked_at_construction():
-    # inject_hyperparams passes arrays; they are valid here and must not raise.
+    # inject_hyperparams passes arrays; they are valid here and must not raise, traced or not.
     opt = optax.inject_hyperparams(adam_jax.adam)(learning_rate=jnp.asarray(1e-3), b1=jnp.asarray(0.9))
-    opt.init(jnp.ones(2))
+    state = jax.jit(opt.init)(jnp.ones(2))
+    jax.jit(opt.update)(jnp.ones(2), state, jnp.ones(2))
+
+
+def test_inject_hyperparams_values_are_checked_when_init_runs_eagerly():
+    opt = optax.inject_hyperparams(adam_jax.adam)(learning_rate=1e-3, b2=1.0)
+    with pytest.raises(ValueError, match=r'b2 must be in \[0.0, 1.0\)'):
+        opt.init(jnp.ones(2))
 
 
 @pytest.mark.parametrize('transform,name', [(bias_correct(), 'bias_correct'), (scale_by_rms(), 'scale_by_rms')])

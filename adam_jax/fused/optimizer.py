@@ -105,6 +105,8 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
     f32 = jnp.dtype(jnp.float32)
     if not (getattr(p, 'dtype', None) == f32 and getattr(g, 'dtype', None) == f32 and p.shape == g.shape):
         return None
+    if tuple(getattr(m, 'shape', ())) != p.shape or tuple(getattr(v, 'shape', ())) != p.shape:
+        return None  # not the state of these params: the chain's update says so
     if quantization.is_quantized(m) and quantization.is_quantized(v):
         if m.signed and not v.signed and m.block_size == v.block_size:
             return ('8bit', m.block_size)
