@@ -21,7 +21,9 @@ under jit.
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
 per-decade constants of the dynamic map, from :func:`adam_jax.quantization.kernel_constants`), so one
-step is bitwise the jitted chain's (checked in the tests).
+step is bitwise the jitted chain's (checked in the tests). A float32 leaf of one element is the exception
+XLA makes: it divides such a leaf by :math:`1 - \beta^t` instead of multiplying by the reciprocal, so
+``step`` updates one-element leaves with the chain itself, inside the same jitted step.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
         return None
     if tuple(getattr(m, 'shape', ())) != p.shape or tuple(getattr(v, 'shape', ())) != p.shape:
         return None  # not the state of these params: the chain's update says so
+    if p.size == 1 and not quantization.is_quantized(m):
+        # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
+        # x / broadcast(c) only): the chain's own step updates it, in the same jitted step.
+        return ('chain',)
     if quantization.is_quantized(m) and quantization.is_quantized(v):
         if m.signed and not v.signed and m.block_size == v.block_size:
             return ('8bit', m.block_size)
@@ -120,8 +126,11 @@ KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
 
 
 def _is_zero(x: Any) -> bool:
-    """A concrete 0: with eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror."""
-    return isinstance(x, (int, float, np.number)) and x == 0
+    """A concrete 0 (a Python, NumPy or untraced jax number): with eps = 0 XLA compiles m / sqrt(v) as
+    m * rsqrt(v), which the kernels do not mirror. A traced eps is unknown to XLA too, so it keeps the division."""
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, (int, float, np.number, np.ndarray, jax.Array)):
+        return False
+    return bool(np.all(np.asarray(x) == 0))
 
 
 def _one_cpu_device() -> bool:
@@ -166,17 +175,30 @@ def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
 
 def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype) -> FusedTransformation:
     storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-    if weight_decay is None:
-        tx = aliases.adam(learning_rate, b1, b2, eps, eps_root, **storage)
-    else:
-        tx = aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask, **storage)
+
+    def make_tx(mask):
+        if weight_decay is None:
+            return aliases.adam(learning_rate, b1, b2, eps, eps_root, **storage)
+        return aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask, **storage)
+
+    tx = make_tx(mask)
 
     def chain_step(params, grads, state):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    def chain_leaves(index, p, g, m, v, state, decay_flags):
+        """The chain's step for leaves ``index`` of the flat lists (kind 'chain'): params, mu and nu leaves."""
+        (moments, *direction_rest), *middle, lr_state = state
+        pick = lambda leaves: [leaves[i] for i in index]  # noqa: E731
+        sub_tx = make_tx(None if mask is None else pick(decay_flags))  # the same state structure as tx's
+        sub_state = ((moments._replace(mu=pick(m), nu=pick(v)), *direction_rest), *middle, lr_state)
+        updates, ((new_moments, *_), *_) = sub_tx.update(pick(g), sub_state, pick(p))
+        return optax.apply_updates(pick(p), updates), new_moments.mu, new_moments.nu
+
     def kernel_step(params, grads, state, decay_flags, kinds):
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
+        old_state = state
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
         if callable(learning_rate):
@@ -202,10 +224,16 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         p, treedef = jax.tree.flatten(params)
         g, m, v = jax.tree.leaves(grads), _moment_leaves(moments.mu), _moment_leaves(moments.nu)
         new_p, new_m, new_v = list(p), list(m), list(v)
+        index = [i for i, kind in enumerate(kinds) if kind == ('chain',)]
+        if index:
+            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, old_state, decay_flags)):
+                new_p[i], new_m[i], new_v[i] = new
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
         for group in sorted(set(zip(kinds, decay_flags))):
             index = [i for i, key in enumerate(zip(kinds, decay_flags)) if key == group]
             (kind, *_), decay = group
+            if kind == 'chain':
+                continue
             for start in range(0, len(index), MAX_LEAVES_PER_CALL):
                 part = index[start : start + MAX_LEAVES_PER_CALL]
                 outs = KERNELS[kind](scalars, *([x[i] for i in part] for x in (p, g, m, v)), decay=decay)
