@@ -103,23 +103,24 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool):
 
 
 def _leaf_kind(p, g, m, v) -> tuple | None:
-    """Which kernel updates this leaf: ('f32',), ('8bit', block_size), or None (only the chain can)."""
+    """Which kernel updates this leaf: ('f32',), ('8bit', block_size), ('chain',) (the chain, inside a kernel step), or
+    None (only a step of the chain alone can)."""
     f32 = jnp.dtype(jnp.float32)
     if not (getattr(p, 'dtype', None) == f32 and getattr(g, 'dtype', None) == f32 and p.shape == g.shape):
         return None
     if tuple(getattr(m, 'shape', ())) != p.shape or tuple(getattr(v, 'shape', ())) != p.shape:
         return None  # not the state of these params: the chain's update says so
-    if p.size == 1 and not quantization.is_quantized(m):
-        # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
-        # x / broadcast(c) only): the chain's own step updates it, in the same jitted step.
-        return ('chain',)
     if quantization.is_quantized(m) and quantization.is_quantized(v):
         if m.signed and not v.signed and m.block_size == v.block_size:
             return ('8bit', m.block_size)
         return None
     if quantization.is_quantized(m) or quantization.is_quantized(v) or factored.is_factored(v):
         return None
-    return ('f32',) if m.dtype == f32 and v.dtype == f32 else None
+    if not (m.dtype == f32 and v.dtype == f32):
+        return None
+    # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
+    # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
+    return ('chain',) if p.size == 1 else ('f32',)
 
 
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
