@@ -184,6 +184,17 @@ def test_one_element_leaves_are_bitwise_the_chain(opt):
     assert kernel_calls(opt.step, params, grads, state) + kernel8_calls(opt.step, params, grads, state) == 1
 
 
+def test_a_foreign_state_is_refused_by_name():
+    params = jnp.ones(3)
+    for state, opt, name in [
+        (optax.adam(1e-3).init(params), fused.adam(1e-3), 'fused.adam'),
+        (fused.adamw(1e-3).init(params), fused.adam(1e-3), 'fused.adam'),
+        (fused.adam(1e-3).init(params), fused.adamw(1e-3), 'fused.adamw'),
+    ]:
+        with pytest.raises(TypeError, match=rf"{name}\(...\)\.step needs the state made by the same optimizer's init"):
+            jax.jit(opt.step)(params, params, state)
+
+
 def test_a_zero_eps_given_as_a_jax_array_is_the_chain():
     # With eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernel does not mirror: any concrete zero
     # (Python, NumPy or jax) sends the step to the chain.

@@ -41,7 +41,7 @@ import optax
 
 from adam_jax import aliases, factored, quantization
 from adam_jax.fused import _library
-from adam_jax.moments import is_compressed, saturating_increment
+from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
 # Under jax.vmap the kernels get every operand with the batch axis in front and treat each batch element as
 # its own problem (its own scalars: step count, learning rate), in the same single pass.
@@ -132,6 +132,18 @@ def _is_zero(x: Any) -> bool:
     if isinstance(x, jax.core.Tracer) or not isinstance(x, (int, float, np.number, np.ndarray, jax.Array)):
         return False
     return bool(np.all(np.asarray(x) == 0))
+
+
+def _check_state(state: Any, length: int, name: str) -> None:
+    """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
+    ok = isinstance(state, tuple) and len(state) == length and isinstance(state[0], tuple) and state[0]
+    if not (ok and isinstance(state[0][0], MomentsState)):
+        raise TypeError(
+            f"fused.{name}(...).step needs the state made by the same optimizer's init (a chain of {length} states "
+            f'beginning with adam_jax.MomentsState); got {type(state).__name__}'
+            + (f' of {len(state)}' if isinstance(state, tuple) else '')
+            + '. A state of optax.adam, or of fused.adam for fused.adamw (or the reverse), does not fit.'
+        )
 
 
 def _one_cpu_device() -> bool:
@@ -258,6 +270,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         return flags if flags is not None and len(flags) == n else None
 
     def step(params, grads, state):
+        _check_state(state, 2 if weight_decay is None else 3, 'adam' if weight_decay is None else 'adamw')
         moments = state[0][0]
         flags = decay_flags(params)
         kinds = None
