@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def is_bool(value: Any) -> bool:
@@ -96,6 +97,16 @@ def check_positive_int(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f'{name} must be one of {allowed}, got {value!r}.')
+
+
+def check_transformation(name: str, value: Any) -> None:
+    """An optax transform: ``TypeError`` naming ``name`` otherwise (with a hint when a factory was passed)."""
+    if isinstance(value, optax.GradientTransformation):
+        return
+    if callable(getattr(value, 'init', None)) and callable(getattr(value, 'update', None)):
+        return
+    hint = '; a factory such as adam_jax.adam must be called first, e.g. adam_jax.adam(1e-3)' if callable(value) else ''
+    raise TypeError(f'{name} must be an optax.GradientTransformation (with init and update), got {value!r}{hint}.')
 
 
 def float_dtype(name: str, value: Any, *, complex_ok: bool = True, others: str = '') -> np.dtype:

@@ -51,4 +51,9 @@ def state_nbytes(state: Any) -> StateBytes:
             add('absmax', _nbytes(leaf.absmax))
         elif hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
             add(np.dtype(leaf.dtype).name, _nbytes(leaf))
+        else:
+            raise TypeError(
+                f'state_nbytes counts arrays (or jax.ShapeDtypeStruct), and the state holds {leaf!r} of type '
+                f'{type(leaf).__name__}. Pass an optimizer state, e.g. opt.init(params).'
+            )
     return StateBytes(total=sum(by_kind.values()), by_kind=dict(sorted(by_kind.items())))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adam_jax import _checks
 from adam_jax.moments import saturating_increment
 
 
@@ -57,6 +58,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     Only the gradient is inspected; ``inner`` runs on every step (inside ``jit`` both branches are
     computed and one is selected, which keeps the step free of host synchronisation).
     """
+    _checks.check_transformation('inner', inner)
 
     def init(params: optax.Params) -> SkipNonfiniteState:
         return SkipNonfiniteState(

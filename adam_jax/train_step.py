@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import optax
 
+from adam_jax import _checks
+
 
 def make_train_step(
     loss_fn: Callable[..., Any],
@@ -44,6 +46,9 @@ def make_train_step(
     The arguments ``params`` and ``opt_state`` are donated: do not use the arrays passed in after the
     call, use the ones it returns.
     """
+    if not callable(loss_fn):
+        raise TypeError(f'loss_fn must be a function loss_fn(params, *batch), got {loss_fn!r}.')
+    _checks.check_transformation('optimizer', optimizer)
     view = unravel if unravel is not None else (lambda params: params)
     fused_step = getattr(optimizer, 'step', None)
 

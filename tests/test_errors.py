@@ -199,3 +199,17 @@ def test_mismatched_gradient_tree_names_the_first_differing_path():
 def test_schedule_as_learning_rate_for_loshchilov_hutter_is_refused():
     with pytest.raises(TypeError, match='schedule_multiplier'):
         adam_jax.loshchilov_hutter_adamw(optax.constant_schedule(1e-3))
+
+
+@pytest.mark.parametrize(
+    'build,text',
+    [
+        (lambda: adam_jax.skip_nonfinite(adam_jax.adam), 'inner must be an optax.GradientTransformation'),
+        (lambda: adam_jax.make_train_step(lambda p: 0.0, adam_jax.adam), 'optimizer must be an optax.Gradient'),
+        (lambda: adam_jax.make_train_step(None, adam_jax.adam(1e-3)), 'loss_fn must be a function'),
+        (lambda: adam_jax.state_nbytes('abc'), "the state holds 'abc' of type str"),
+    ],
+)
+def test_a_factory_or_a_non_state_where_an_object_belongs_is_a_type_error(build, text):
+    with pytest.raises(TypeError, match=re.escape(text)):
+        build()
