@@ -184,6 +184,19 @@ def test_one_element_leaves_are_bitwise_the_chain(opt):
     assert kernel_calls(opt.step, params, grads, state) + kernel8_calls(opt.step, params, grads, state) == 1
 
 
+def test_a_mask_that_is_a_prefix_of_the_params_runs_the_kernel():
+    params = {'enc': {'w': jnp.linspace(-1, 1, 3000), 'b': jnp.linspace(0, 1, 30)}, 'dec': {'w': jnp.ones(2000)}}
+    grads = jax.tree.map(lambda x: jnp.cos(x) + 0.5, params)
+    opt = fused.adamw(1e-2, weight_decay=0.1, mask={'enc': True, 'dec': False})
+    state = warm_state(opt, params, 5)
+    assert kernel_calls(opt.step, params, grads, state) >= 1
+    got, want = jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state)
+    assert leaves_equal(got, want)
+    no_decay = jax.jit(chain_step(fused.adam(1e-2)))(params, grads, warm_state(fused.adam(1e-2), params, 5))
+    assert np.array_equal(got[0]['dec']['w'], no_decay[0]['dec']['w'])  # the False subtree is not decayed
+    assert not np.array_equal(got[0]['enc']['w'], no_decay[0]['enc']['w'])
+
+
 def test_a_foreign_state_is_refused_by_name():
     params = jnp.ones(3)
     for state, opt, name in [

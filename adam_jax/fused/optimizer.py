@@ -266,7 +266,12 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             return [False] * n
         if mask is None:
             return [True] * n
-        flags = _concrete_bools(mask(params) if callable(mask) else mask)
+        tree = mask(params) if callable(mask) else mask
+        try:  # a mask may be a prefix of the params tree (as optax.masked allows): one flag per subtree
+            tree = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
+        except (ValueError, TypeError):
+            return None
+        flags = _concrete_bools(tree)
         return flags if flags is not None and len(flags) == n else None
 
     def step(params, grads, state):
