@@ -2,14 +2,17 @@ r"""Transforms that end the moment stage: a direction shaped like the params."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adam_jax import _checks
 from adam_jax._tree import real_dtype
-from adam_jax.correction import correction_dtype
+from adam_jax.correction import correction_dtype, one_minus_power, power
 from adam_jax.moments import Moments, require_moments
 
 
@@ -21,8 +24,8 @@ def _rms_direction(moments: Moments, eps: chex.Numeric, eps_root: chex.Numeric, 
         eps_t = eps
         if eps_on_raw_nu and moments.nu_debiased and moments.second_moment != 'max':
             # sqrt(v_hat) + eps / sqrt(1 - b2^t) = (sqrt(v_t) + eps) / sqrt(1 - b2^t)
-            wide = correction_dtype(v.dtype)
-            eps_t = (eps / jnp.sqrt(1 - jnp.asarray(moments.b2, wide) ** moments.count)).astype(v.dtype)
+            c2 = one_minus_power(moments.b2, moments.count, correction_dtype(v.dtype), moments.precise_corrections)
+            eps_t = (eps / jnp.sqrt(c2)).astype(v.dtype)
         return m / (root(v + eps_root) + eps_t)
 
     return direction
@@ -78,6 +81,25 @@ def scale_by_rms(
     return _ending('scale_by_rms', eps, eps_root, lambda moments: _rms_direction(moments, eps, eps_root, eps_on_raw_nu))
 
 
+def _first_tractable_step(b2: Any, threshold: Any, strict: bool) -> int | None:
+    """The first step t whose rho_t passes the threshold, in double precision on the host (for concrete b2 and
+    threshold; None otherwise, and for a b2 whose rho_t never does, where the count is compared in float)."""
+    numbers = (int, float, np.integer, np.floating)
+    if not (isinstance(b2, numbers) and isinstance(threshold, numbers) and 0 < float(b2) < 1):
+        return None
+    b2, threshold = float(b2), float(threshold)
+    rho_inf = 2 / (1 - b2) - 1
+    if rho_inf < threshold or (strict and rho_inf == threshold):
+        return None
+    t = 1
+    while t <= 1_000_000:  # for any b2 with rho_inf above the threshold this ends within a few dozen steps
+        rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho_t > threshold or (not strict and rho_t == threshold):
+            return t
+        t += 1
+    return None
+
+
 def scale_by_rectified_rms(
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
@@ -124,9 +146,15 @@ def scale_by_rectified_rms(
             # A Python b2 keeps rho_inf in double precision: in float32, 1 - 0.999 is off by 1.3e-5
             # relative, which moves rho_inf by 0.026 and r_t visibly in the first steps.
             rho_inf = 2 / (1 - moments.b2) - 1
-            b2_t = jnp.asarray(moments.b2, correction_dtype(v.dtype)) ** moments.count
-            rho_t = rho_inf - 2 * moments.count * b2_t / (1 - b2_t)
-            tractable = rho_t > threshold if strict else rho_t >= threshold
+            wide = correction_dtype(v.dtype)
+            precise = moments.precise_corrections
+            b2_t = power(moments.b2, moments.count, wide, precise)
+            rho_t = rho_inf - 2 * moments.count * b2_t / one_minus_power(moments.b2, moments.count, wide, precise)
+            first = _first_tractable_step(moments.b2, threshold, strict) if precise else None
+            if first is not None:  # rho_t is increasing in t: the switch step, found in double precision
+                tractable = moments.count >= first
+            else:
+                tractable = rho_t > threshold if strict else rho_t >= threshold
             rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
             r_t = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
             return jnp.where(tractable, r_t.astype(real_dtype(m.dtype)) * adaptive(m, v, g), m)

@@ -143,3 +143,42 @@ def test_inject_hyperparams_wraps_a_preset(x64):
     opt = optax.inject_hyperparams(presets.nadam)(lr=1e-2, weight_decay=0.1, momentum_decay=2e-2)
     kwargs = dict(lr=1e-2, weight_decay=0.1, momentum_decay=2e-2)
     assert max_difference(run_jax(opt), run_torch('nadam', kwargs)) < 1e-10
+
+
+@pytest.mark.parametrize(
+    'name,kwargs',
+    [
+        ('adam', dict(lr=1e-3, betas=(0.9, 0.99999))),
+        ('adam', dict(lr=1e-3, betas=(0.9, 0.9999), amsgrad=True)),
+        ('adamw', dict(lr=1e-3, betas=(0.9, 0.9999))),
+        ('nadam', dict(lr=1e-3, betas=(0.9, 0.9999))),
+        ('radam', dict(lr=1e-3)),
+        ('radam', dict(lr=1e-3, betas=(0.9, 0.9999))),  # rho_t passes 5 at step 6, not at 2 (float32's 1 - b2^t)
+    ],
+)
+def test_preset_equals_torch_optim_in_float32(name, kwargs):
+    # torch forms 1 - beta^t (and RAdam's rho_t) in double; formed in float32 from a rounded beta they were off
+    # by 1e-5 (beta2 = 0.999) to 7e-4 (0.99999) relative, and RAdam switched to the adaptive step 4 steps early
+    # (params 69% off). The presets take log(beta) in double: what is left is float32 rounding.
+    grads = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
+    cls = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'nadam': torch.optim.NAdam, 'radam': torch.optim.RAdam}
+    p = torch.zeros(1000, requires_grad=True)
+    opt = cls[name]([p], **kwargs)
+    tx = getattr(presets, name)(**kwargs)
+    x = jnp.zeros(1000, jnp.float32)
+    state = tx.init(x)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        updates, state = tx.update(jnp.asarray(g), state, x)
+        x = optax.apply_updates(x, updates)
+        want = p.detach().numpy()
+        assert np.max(np.abs(np.asarray(x) - want)) <= 3e-6 * np.max(np.abs(want))
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw', 'nadam', 'radam', 'adamax'])
+def test_complex_params_are_refused_with_torchs_real_view_as_the_way(name):
+    # torch.optim keeps separate second moments for the real and imaginary parts (view_as_real); adam_jax keeps one
+    # of |g|^2, so a preset would silently leave torch's trajectory (0.14-0.90 relative after 30 steps).
+    with pytest.raises(TypeError, match=r"the leaf at \['z'\] is complex \(complex64\).*view_as_real"):
+        getattr(presets, name)().init({'z': jnp.ones(3, jnp.complex64), 'w': jnp.ones(2)})

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
@@ -52,13 +54,32 @@ def _torch_chain(
         _checks.check_range('lr', lr, 0.0)  # torch.optim refuses a negative lr
     _checks.check_nonnegative('weight_decay', weight_decay)
     decay = decoupled_decay(weight_decay)
-    return optax.chain(
+    chain = optax.chain(
         *([optax.scale(-1.0)] if maximize else []),
         *([] if decoupled_weight_decay else [decay]),
         *direction,
         *([decay] if decoupled_weight_decay else []),
         optax.scale_by_learning_rate(lr),
     )
+
+    def init(params: optax.Params) -> optax.OptState:
+        _check_real(params)
+        return chain.init(params)
+
+    return optax.GradientTransformationExtraArgs(init, chain.update)
+
+
+def _check_real(params: optax.Params) -> None:
+    """Refuses complex params: torch.optim steps a complex parameter as its real view (view_as_real: second moments
+    of the real and imaginary parts apart), while adam_jax keeps one moment of |g|^2."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.iscomplexobj(leaf):
+            raise TypeError(
+                f'adam_jax.presets.pytorch: the leaf at {jax.tree_util.keystr(path) or "<root>"} is complex '
+                f'({leaf.dtype}). torch.optim steps a complex parameter as its real view (view_as_real: separate '
+                'second moments for the real and imaginary parts); to reproduce that, optimize '
+                'jnp.stack([p.real, p.imag], -1). adam_jax.adam(...) takes complex leaves with one moment of |g|^2.'
+            )
 
 
 def _betas(betas: Betas) -> Betas:
@@ -97,7 +118,14 @@ def adam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        *corrected_moments(b1, b2, mu_dtype, nu_dtype, *([max_second_moment(nu_dtype=nu_dtype)] if amsgrad else [])),
+        *corrected_moments(
+            b1,
+            b2,
+            mu_dtype,
+            nu_dtype,
+            *([max_second_moment(nu_dtype=nu_dtype)] if amsgrad else []),
+            precise_corrections=True,
+        ),
         scale_by_rms(eps),
     )
 
@@ -163,7 +191,7 @@ def nadam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        *corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov_momentum(momentum_decay)),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype, nesterov_momentum(momentum_decay), precise_corrections=True),
         scale_by_rms(eps),
     )
 
@@ -196,7 +224,7 @@ def radam(
         weight_decay,
         decoupled_weight_decay,
         maximize,
-        *corrected_moments(b1, b2, mu_dtype, nu_dtype),
+        *corrected_moments(b1, b2, mu_dtype, nu_dtype, precise_corrections=True),
         scale_by_rectified_rms(eps, threshold=5.0, strict=True, eps_on_raw_nu=True),
     )
 
