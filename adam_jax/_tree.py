@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -29,6 +30,41 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
 def abs_sq(g: Any) -> Any:
     """|g|**2, real for complex g."""
     return (g.conj() * g).real if jnp.iscomplexobj(g) else g * g
+
+
+def without_variables(params: Any) -> Any:
+    """``params`` with flax.nnx ``Variable`` boxes taken off (``nnx.as_pure``).
+
+    ``nnx.Optimizer`` hands ``init`` a ``State`` of ``Param`` boxes; a moment that is itself a pytree (a
+    ``QuantizedArray``, a ``FactoredMoment``) built inside such a box does not survive nnx's round trip of the
+    optimizer state, so those moments are built from the bare arrays.
+    """
+    try:
+        from flax import nnx
+    except ImportError:  # flax is optional at run time
+        return params
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    if not any(is_variable(x) for x in jax.tree.leaves(params, is_leaf=is_variable)):
+        return params
+    return nnx.as_pure(params)
+
+
+def register_flax_serialization(cls: type, data_fields: list[str]) -> None:
+    """Lets ``flax.serialization`` (``to_bytes``, ``to_state_dict``, ``TrainState``) save a dataclass pytree of the
+    state: its data fields as a state dict; the static fields come from the target it is restored into."""
+    try:
+        from flax import serialization
+    except ImportError:  # flax is optional at run time
+        return
+
+    def to_state(x: Any) -> dict:
+        return {f: serialization.to_state_dict(getattr(x, f)) for f in data_fields}
+
+    def from_state(x: Any, state: dict) -> Any:
+        fields = {f: serialization.from_state_dict(getattr(x, f), state[f], name=f) for f in data_fields}
+        return dataclasses.replace(x, **fields)
+
+    serialization.register_serialization_state(cls, to_state, from_state)
 
 
 def first_difference(a: Any, b: Any) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import abs_sq, check_inexact_leaves, real_dtype
+from adam_jax._tree import abs_sq, check_inexact_leaves, real_dtype, register_flax_serialization, without_variables
 
 
 def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
@@ -96,6 +96,7 @@ class FactoredMoment:
 
 
 jax.tree_util.register_dataclass(FactoredMoment, data_fields=['row', 'col'], meta_fields=['axes'])
+register_flax_serialization(FactoredMoment, ['row', 'col'])
 
 
 def is_factored(x: Any) -> bool:
@@ -163,6 +164,7 @@ def scale_by_factored_rms(
 
     def init(params):
         check_inexact_leaves('scale_by_factored_rms', params)
+        params = without_variables(params)  # factored moments are pytrees: build them from bare arrays
 
         def one(p):
             dtype = real_dtype(p.dtype)

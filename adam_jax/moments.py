@@ -25,7 +25,14 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, factored, quantization
-from adam_jax._tree import abs_sq, check_inexact_leaves, check_same_structure, compute_dtype, real_dtype
+from adam_jax._tree import (
+    abs_sq,
+    check_inexact_leaves,
+    check_same_structure,
+    compute_dtype,
+    real_dtype,
+    without_variables,
+)
 from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max', 'belief')
@@ -278,6 +285,8 @@ def scale_by_moments(
 
     def init(params: optax.Params) -> MomentsState:
         check_inexact_leaves('scale_by_moments', params)
+        if mu_spec is not None or nu_spec is not None:  # compressed moments are pytrees: build them from bare arrays
+            params = without_variables(params)
         mu = jax.tree.map(lambda p: zeros(p, mu_dtype, mu_spec, p.dtype), params)
         nu = jax.tree.map(lambda p: zeros(p, nu_dtype, nu_spec, default_nu_dtype(p.dtype)), params)
         return MomentsState(count=replicated_zero(params, jnp.int32), mu=mu, nu=nu)

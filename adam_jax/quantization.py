@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adam_jax import _checks
+from adam_jax._tree import register_flax_serialization
 
 DEFAULT_BLOCK_SIZE = 256
 DEFAULT_MIN_SIZE = 4096
@@ -131,6 +132,7 @@ class QuantizedArray:
 
 
 jax.tree_util.register_dataclass(QuantizedArray, data_fields=['codes', 'absmax'], meta_fields=['block_size'])
+register_flax_serialization(QuantizedArray, ['codes', 'absmax'])
 
 
 def is_quantized(x: Any) -> bool:
