@@ -131,12 +131,14 @@ def state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any
         jax.eval_shape(optimizer.init, params),
         shardings,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, (QuantizedArray, FactoredMoment)),
+        is_leaf=lambda x: isinstance(x, (QuantizedArray, FactoredMoment, optax.MaskedNode)),
     )
 
 
 def _follow(state_leaf: Any, sharding: jax.sharding.Sharding) -> Any:
     """The sharding of one per-parameter state entry whose parameter has ``sharding``."""
+    if isinstance(state_leaf, optax.MaskedNode):  # a leaf that optax.masked / multi_transform leaves out
+        return state_leaf
     if isinstance(state_leaf, QuantizedArray):
         absmax = _absmax_sharding(state_leaf, sharding)
         return QuantizedArray(codes=sharding, absmax=absmax, block_size=state_leaf.block_size)

@@ -293,3 +293,22 @@ def test_state_on_a_committed_device_compiles_once():
 def test_state_shardings_needs_shardings():
     with pytest.raises(ValueError, match='state_shardings needs params whose leaves carry a sharding'):
         adam_jax.state_shardings(adam_jax.adam(1e-3), {'a': np.zeros(3)})
+
+
+EIGHT_BIT = {'a': adam_jax.adam(1e-3, mu_dtype='int8', nu_dtype='uint8'), 'f': optax.set_to_zero()}
+
+
+@pytest.mark.parametrize(
+    'opt,sharded',
+    [
+        (optax.masked(adam_jax.adam(1e-3), {'w': True, 'v': False}), 2),  # mu, nu of w
+        (optax.multi_transform(EIGHT_BIT, {'w': 'a', 'v': 'f'}), 4),  # codes and absmax of mu and nu of w
+    ],
+    ids=['masked', 'multi_transform(8-bit, frozen)'],
+)
+def test_state_shardings_skips_the_leaves_a_mask_leaves_out(opt, sharded):
+    # optax.masked puts a MaskedNode where a leaf is left out; state_shardings used to fail on it.
+    params = {'w': _sds((64, 256), P('data')), 'v': _sds((8,), P())}
+    shardings = adam_jax.state_shardings(opt, params)
+    assert jax.tree.structure(shardings) == jax.tree.structure(jax.eval_shape(opt.init, params))
+    assert sum(s.spec == P('data') for s in jax.tree.leaves(shardings)) == sharded
