@@ -25,6 +25,29 @@ def is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
+def concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a NumPy array when it is a number known now (Python, NumPy, or a jax array not being traced);
+    None for a traced value, a boolean or anything that is not a number."""
+    if isinstance(value, jax.core.Tracer) or is_bool(value):
+        return None
+    if isinstance(value, (numbers.Number, np.ndarray, np.generic, jax.Array)):
+        array = np.asarray(value)
+        return array if array.dtype.kind in 'fiuc' else None
+    return None
+
+
+def is_known_zero(value: Any) -> bool:
+    """Whether ``value`` is known, now, to be 0 (everywhere)."""
+    array = concrete(value)
+    return array is not None and bool(np.all(array == 0))
+
+
+def is_known_nonzero(value: Any) -> bool:
+    """Whether ``value`` is known, now, to be non-zero somewhere."""
+    array = concrete(value)
+    return array is not None and bool(np.any(array != 0))
+
+
 def _concrete_number(name: str, value: Any) -> float | None:
     """``value`` as a float, ``None`` if it is traced (unknown until run time); ``TypeError`` if not a number."""
     if isinstance(value, jax.core.Tracer):

@@ -31,10 +31,11 @@ def correction_dtype(dtype) -> np.dtype:
 
 
 def _host_log(decay: Any) -> float | None:
-    r""":math:`\log\beta` in double precision for a concrete :math:`0 < \beta < 1`, else None."""
-    if isinstance(decay, (bool, np.bool_)) or not isinstance(decay, (int, float, np.integer, np.floating)):
+    r""":math:`\log\beta` in double precision for a concrete scalar :math:`0 < \beta < 1`, else None."""
+    value = _checks.concrete(decay)
+    if value is None or value.ndim or not 0 < float(value) < 1:
         return None
-    return math.log(float(decay)) if 0 < float(decay) < 1 else None
+    return math.log(float(value))
 
 
 def power(decay: chex.Numeric, count: chex.Array, dtype: Any, precise: bool = False) -> chex.Array:
@@ -95,13 +96,12 @@ def bias_correct(*, mu: bool = True, nu: bool = True) -> optax.GradientTransform
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         moments = require_moments(updates, 'bias_correct')
+        precise = moments.precise_corrections
         changes = {}
         if mu and not moments.mu_debiased:
-            precise = moments.precise_corrections
             m_hat = jax.tree.map(lambda m: debias(m, moments.b1, moments.count, precise), moments.mu)
             changes.update(mu=m_hat, mu_debiased=True)
         if nu and not moments.nu_debiased:
-            precise = moments.precise_corrections
             v_hat = jax.tree.map(lambda v: debias(v, moments.b2, moments.count, precise), moments.nu)
             changes.update(nu=v_hat, nu_debiased=True)
         return moments.replace(**changes), state

@@ -139,13 +139,6 @@ def _state_leaf(x: Any) -> bool:
     return x is None or is_compressed(x)
 
 
-def _is_zero(value: Any) -> bool:
-    """Whether an epsilon is known to be zero (a traced value might not be: it counts as zero)."""
-    if isinstance(value, jax.core.Tracer):
-        return True
-    return bool(np.all(np.asarray(value) == 0))
-
-
 def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
     """A moment's storage: a float dtype, an 8-bit block-wise spec (:mod:`adam_jax.quantization`)
     or, for the second moment, a factored one (:mod:`adam_jax.factored`)."""
@@ -261,10 +254,10 @@ def scale_by_moments(
     _checks.check_decay('b2', b2)
     _checks.check_choice('second_moment', second_moment, SECOND_MOMENTS)
     _checks.check_nonnegative('max_eps', max_eps)
-    if second_moment != 'max' and not _is_zero(max_eps):
+    if second_moment != 'max' and _checks.is_known_nonzero(max_eps):
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")
     _checks.check_nonnegative('belief_eps', belief_eps)
-    if second_moment != 'belief' and not _is_zero(belief_eps):
+    if second_moment != 'belief' and _checks.is_known_nonzero(belief_eps):
         raise ValueError(f"belief_eps is only used with second_moment='belief', got belief_eps={belief_eps!r}.")
     mu_dtype, mu_spec = _storage('mu_dtype', mu_dtype, signed=True)
     nu_dtype, nu_spec = _storage('nu_dtype', nu_dtype, signed=False)

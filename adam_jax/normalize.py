@@ -7,7 +7,6 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adam_jax import _checks
@@ -84,8 +83,8 @@ def scale_by_rms(
 def _first_tractable_step(b2: Any, threshold: Any, strict: bool) -> int | None:
     """The first step t whose rho_t passes the threshold, in double precision on the host (for concrete b2 and
     threshold; None otherwise, and for a b2 whose rho_t never does, where the count is compared in float)."""
-    numbers = (int, float, np.integer, np.floating)
-    if not (isinstance(b2, numbers) and isinstance(threshold, numbers) and 0 < float(b2) < 1):
+    b2, threshold = _checks.concrete(b2), _checks.concrete(threshold)
+    if b2 is None or threshold is None or b2.ndim or threshold.ndim or not 0 < float(b2) < 1:
         return None
     b2, threshold = float(b2), float(threshold)
     rho_inf = 2 / (1 - b2) - 1
@@ -141,16 +140,16 @@ def scale_by_rectified_rms(
         if moments.second_moment == 'max':
             raise TypeError("scale_by_rectified_rms rectifies an EMA of squares; second_moment='max' has none.")
         adaptive = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
+        precise = moments.precise_corrections
+        first = _first_tractable_step(moments.b2, threshold, strict) if precise else None  # once per update
 
         def direction(m, v, g):
             # A Python b2 keeps rho_inf in double precision: in float32, 1 - 0.999 is off by 1.3e-5
             # relative, which moves rho_inf by 0.026 and r_t visibly in the first steps.
             rho_inf = 2 / (1 - moments.b2) - 1
             wide = correction_dtype(v.dtype)
-            precise = moments.precise_corrections
             b2_t = power(moments.b2, moments.count, wide, precise)
             rho_t = rho_inf - 2 * moments.count * b2_t / one_minus_power(moments.b2, moments.count, wide, precise)
-            first = _first_tractable_step(moments.b2, threshold, strict) if precise else None
             if first is not None:  # rho_t is increasing in t: the switch step, found in double precision
                 tractable = moments.count >= first
             else:

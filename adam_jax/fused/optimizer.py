@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adam_jax import aliases, factored, quantization
+from adam_jax import _checks, aliases, factored, quantization
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
@@ -126,14 +126,6 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
 
 
-def _is_zero(x: Any) -> bool:
-    """A concrete 0 (a Python, NumPy or untraced jax number): with eps = 0 XLA compiles m / sqrt(v) as
-    m * rsqrt(v), which the kernels do not mirror. A traced eps is unknown to XLA too, so it keeps the division."""
-    if isinstance(x, jax.core.Tracer) or not isinstance(x, (int, float, np.number, np.ndarray, jax.Array)):
-        return False
-    return bool(np.all(np.asarray(x) == 0))
-
-
 def _check_state(state: Any, length: int, name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
     ok = isinstance(state, tuple) and len(state) == length and isinstance(state[0], tuple) and state[0]
@@ -211,7 +203,6 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
 
     def kernel_step(params, grads, state, decay_flags, kinds):
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
-        old_state = state
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
         if callable(learning_rate):
@@ -239,7 +230,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         new_p, new_m, new_v = list(p), list(m), list(v)
         index = [i for i, kind in enumerate(kinds) if kind == ('chain',)]
         if index:
-            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, old_state, decay_flags)):
+            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags)):
                 new_p[i], new_m[i], new_v[i] = new
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
         for group in sorted(set(zip(kinds, decay_flags))):
@@ -289,7 +280,9 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             and kinds is not None
             and None not in kinds
             and _one_cpu_device()
-            and not _is_zero(eps)
+            # with a known eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror (a
+            # traced eps is unknown to XLA too, so it keeps the division)
+            and not _checks.is_known_zero(eps)
         ):
             return chain_step(params, grads, state)
         if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
