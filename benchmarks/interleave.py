@@ -13,7 +13,9 @@ import jax
 PAUSE_S = 0.005
 
 
-def time_interleaved(runs: dict[str, dict[str, Any]], rounds: int, grads: Any, seed: int = 0) -> None:
+def time_interleaved(
+    runs: dict[str, dict[str, Any]], rounds: int, grads: Any, seed: int = 0, back_to_back: int = 0
+) -> None:
     """One step of every run per round, ``rounds`` times; appends each step's seconds to ``run['times']``.
 
     Each run is a dict with ``step(params, state, grads) -> (params, state)`` (jitted, usually donating params and
@@ -21,7 +23,9 @@ def time_interleaved(runs: dict[str, dict[str, Any]], rounds: int, grads: Any, s
     The order is shuffled every round (seeded): a step that runs right after another pays for what that one
     leaves behind (caches full of its data), and no run should always be the one that follows the same
     neighbour; and every step is followed by a pause of ``PAUSE_S``, so that no step shares the CPU with the
-    spinning threads of the one before it.
+    spinning threads of the one before it. With ``back_to_back=K`` each turn then also issues K steps without
+    waiting, waits once, and appends the time per step to ``run['bursts']`` (what a training loop sees where
+    dispatch is asynchronous, as on a GPU).
     """
     order = list(runs.values())
     shuffle = random.Random(seed).shuffle
@@ -32,4 +36,10 @@ def time_interleaved(runs: dict[str, dict[str, Any]], rounds: int, grads: Any, s
             run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
             jax.block_until_ready((run['params'], run['state']))
             run['times'].append(time.perf_counter() - start)
+            if back_to_back:
+                start = time.perf_counter()
+                for _ in range(back_to_back):
+                    run['params'], run['state'] = run['step'](run['params'], run['state'], grads)
+                jax.block_until_ready((run['params'], run['state']))
+                run.setdefault('bursts', []).append((time.perf_counter() - start) / back_to_back)
             time.sleep(PAUSE_S)

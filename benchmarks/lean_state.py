@@ -1,6 +1,6 @@
 """Lean optimizer state: bytes and step time of fp32, bf16 and 8-bit Adam state.
 
-Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--rounds 31]``.
+Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--rounds 31] [--back-to-back K]``.
 
 "adam_jax" rows run the composed chain (``update`` + ``optax.apply_updates``); "adam_jax.fused" rows run
 ``adam_jax.fused.adam(...).step``, the fused CPU kernel where it is built (``adam_kernel.cc`` for float32,
@@ -59,6 +59,13 @@ def main() -> None:
     parser.add_argument('--params', type=int, default=16 * 2**20)
     parser.add_argument('--leaves', type=int, default=16)
     parser.add_argument('--rounds', type=int, default=31)
+    parser.add_argument(
+        '--back-to-back',
+        type=int,
+        default=0,
+        metavar='K',
+        help='also time bursts of K steps waited for once (on a GPU a step waited for alone times the round trip)',
+    )
     args = parser.parse_args()
 
     params0 = make_params(args.params, args.leaves)
@@ -85,7 +92,9 @@ def main() -> None:
         nbytes = adam_jax.state_nbytes(jax.eval_shape(opt.init, abstract)).total
         runs[name] = dict(step=step, params=params, state=state, times=[], nbytes=nbytes)
 
-    time_interleaved(runs, args.rounds, grads)
+    if args.back_to_back < 0:
+        parser.error(f'--back-to-back must be >= 0 (0: off), got {args.back_to_back}')
+    time_interleaved(runs, args.rounds, grads, back_to_back=args.back_to_back)
 
     base = runs['fp32 (adam_jax)']
     base_t = statistics.median(base['times'])
@@ -93,14 +102,20 @@ def main() -> None:
     device = jax.devices()[0]
     print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {device.device_kind}')
     print(f'{fused.status()}\n')
-    print('| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) | vs fp32 (adam_jax.fused) |')
-    print('|---|---:|---:|---:|---:|---:|')
+    b2b = args.back_to_back
+    head = '| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) | vs fp32 (adam_jax.fused) |'
+    print(head + (f' back to back, {b2b} steps (ms) | vs fp32 (adam_jax) |' if b2b else ''))
+    print('|---|---:|---:|---:|---:|---:|' + ('---:|---:|' if b2b else ''))
     for name, run in runs.items():
         t = statistics.median(run['times'])
-        print(
+        line = (
             f'| {name} | {run["nbytes"] / 2**20:.1f} MiB | {run["nbytes"] / base["nbytes"]:.3f}x '
             f'| {t * 1e3:.2f} | {t / base_t:.2f}x | {t / fused_t:.2f}x |'
         )
+        if b2b:
+            burst = statistics.median(run['bursts'])
+            line += f' {burst * 1e3:.3f} | {burst / statistics.median(base["bursts"]):.2f}x |'
+        print(line)
 
 
 if __name__ == '__main__':

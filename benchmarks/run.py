@@ -4,7 +4,8 @@ Run from the repository root::
 
     python -m benchmarks.run            # 1M/4M/16M/64M params in 1/100/1000 leaves (6.5 min on an idle 2-core box)
     python -m benchmarks.run --quick    # 16M params in 1 and 1000 leaves (the acceptance cases, < 1 min)
-    python -m benchmarks.run --quick --torch-device cuda   # on a GPU machine: torch's fused Adam on CUDA too
+    python -m benchmarks.run --quick --torch-device cuda --back-to-back 20   # on a GPU machine: torch's fused
+                                        # Adam on CUDA too, and bursts of 20 steps waited for once
     python -m benchmarks.run --smoke    # 256K params in 10 leaves, 2 rounds (what the test runs)
 
 Every (params, leaves, implementation) runs in its own worker process (so its peak RSS is its own);
@@ -15,6 +16,9 @@ would give), the bandwidth at 28 B/param (read
 params, grads, m, v; write params, m, v), that bandwidth as a share of a donated in-place JAX triad
 (b = b + s*c, 12 B/element) measured in the same rounds, the first-call time (jit compile; for torch
 its first step, which allocates its state) and the worker's peak RSS (host memory, also on a GPU).
+With ``--back-to-back K`` every turn also issues K steps without waiting and then waits once: the time per
+step of that burst is what a training loop sees where dispatch is asynchronous (a GPU), while a step that is
+waited for on its own also times the host's round trip to the device (about 0.1-0.3 ms on a GPU).
 
 Implementations:
   adam_jax        adam_jax.fused.adam(...).step on the params kept as one flat float32 vector (the
@@ -107,21 +111,21 @@ def _jax_setup(name: str, n: int, leaves: int):
     first = time.perf_counter() - start
     state = list(args)
 
-    def run() -> float:
-        t = time.perf_counter()
+    def step() -> None:
         if name == TRIAD:
             state[0] = compiled(state[0], state[1])
         else:
             state[0], state[2] = compiled(*state)
+
+    def sync() -> None:
         jax.block_until_ready(state[0])
-        return time.perf_counter() - t
 
     if name == TRIAD:
         device = jax.devices()[0]  # where the JAX rows ran
         note = device.platform if device.device_kind == device.platform else f'{device.platform}: {device.device_kind}'
     else:
         note = fused.status() if name.startswith('adam_jax') and name != 'adam_jax chain' else ''
-    return run, first, note
+    return step, sync, first, note
 
 
 def _torch_setup(n: int, leaves: int):
@@ -134,21 +138,33 @@ def _torch_setup(n: int, leaves: int):
         p.grad = torch.randn(p.shape, generator=gen).to(device)
     opt = torch.optim.Adam(params, lr=LR, fused=True)
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-
-    def run() -> float:
-        t = time.perf_counter()
-        opt.step()
-        sync()
-        return time.perf_counter() - t
-
-    first = run()  # allocates the state: torch's first-call cost
+    start = time.perf_counter()
+    opt.step()  # allocates the state: torch's first-call cost
+    sync()
+    first = time.perf_counter() - start
     where = torch.cuda.get_device_name(device) if device.startswith('cuda') else f'{torch.get_num_threads()} threads'
-    return run, first, f'torch {torch.__version__}, {where}'
+    return opt.step, sync, first, f'torch {torch.__version__}, {where}'
 
 
 def worker(name: str, n: int, leaves: int) -> None:
-    """Answers 'run K' with K step times and 'quit' with the peak RSS, one JSON line each."""
-    run, first, note = _torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
+    """Answers 'run K' with K step times (each step waited for), 'burst K' with the time per step of K steps
+    issued back to back and waited for once, and 'quit' with the peak RSS, one JSON line each."""
+    step, sync, first, note = _torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
+
+    def run() -> float:
+        t = time.perf_counter()
+        step()
+        sync()
+        return time.perf_counter() - t
+
+    def burst(k: int) -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in range(k):
+            step()
+        sync()
+        return (time.perf_counter() - t) / k
+
     for _ in range(2):
         run()
     print(json.dumps({'first_call_s': first, 'note': note}), flush=True)
@@ -156,6 +172,8 @@ def worker(name: str, n: int, leaves: int) -> None:
         command = line.split()
         if command[0] == 'run':
             print(json.dumps([run() for _ in range(int(command[1]))]), flush=True)
+        elif command[0] == 'burst':
+            print(json.dumps(burst(int(command[1]))), flush=True)
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
             print(json.dumps({'peak_rss_mib': peak}), flush=True)
@@ -185,6 +203,7 @@ class Worker:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = self._read()
         self.times: list[float] = []
+        self.bursts: list[float] = []  # seconds per step of back-to-back bursts
 
     def _read(self):
         line = self.process.stdout.readline()
@@ -196,6 +215,11 @@ class Worker:
         self.process.stdin.write(f'run {steps}\n')
         self.process.stdin.flush()
         self.times += self._read()
+
+    def burst(self, steps: int) -> None:
+        self.process.stdin.write(f'burst {steps}\n')
+        self.process.stdin.flush()
+        self.bursts.append(self._read())
 
     def finish(self) -> float:
         self.process.stdin.write('quit\n')
@@ -212,16 +236,21 @@ def implementations(leaves: int, mode: str, with_torch: bool) -> list[str]:
     return names + ([TORCH] if with_torch else [])
 
 
-def measure(n: int, leaves: int, mode: str, with_torch: bool, torch_device: str = 'cpu') -> list[dict]:
+def measure(
+    n: int, leaves: int, mode: str, with_torch: bool, torch_device: str = 'cpu', back_to_back: int = 0
+) -> list[dict]:
     spec = MODES[mode]
     names = [TRIAD, *implementations(leaves, mode, with_torch)]
     workers = [Worker(name, n, leaves, torch_device) for name in names]
     for r in range(spec['rounds']):
         for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
             w.run(spec['steps'])
+            if back_to_back:
+                w.burst(back_to_back)
             time.sleep(TURN_PAUSE_S)
     peaks = {w.name: w.finish() for w in workers}
     medians = {w.name: statistics.median(w.times) for w in workers}
+    bursts = {w.name: statistics.median(w.bursts) for w in workers} if back_to_back else {}
     firsts = {w.name: w.ready['first_call_s'] for w in workers}
     triad_gbs = 12 * n / medians[TRIAD] / 1e9
     rows = []
@@ -244,6 +273,9 @@ def measure(n: int, leaves: int, mode: str, with_torch: bool, torch_device: str 
                 first_call_vs_optax=firsts[w.name] / firsts[OPTAX],
                 peak_rss_mib=peaks[w.name],
                 samples=len(w.times),
+                b2b_ms=1e3 * bursts[w.name] if bursts else None,
+                b2b_vs_optax=bursts[w.name] / bursts[OPTAX] if bursts else None,
+                b2b_vs_torch=bursts[w.name] / bursts[TORCH] if TORCH in bursts else None,
                 note=w.ready['note'],
                 device=workers[0].ready['note'],
             )
@@ -267,12 +299,25 @@ def markdown(rows: list[dict], meta: dict) -> str:
         '| % of triad | first call s | vs optax | peak RSS MiB |',
         '|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
+    b2b = meta.get('back_to_back', 0)
+    if b2b:
+        lines[0] += (
+            f' "back to back": the time per step of {b2b} steps issued without waiting, then waited for once (how a'
+            ' training loop runs them: dispatch overlaps the device), median of one burst per round.'
+        )
+        lines[2] += ' back to back ms | vs optax | vs torch |'
+        lines[3] += '---:|---:|---:|'
     for r in rows:
         lines.append(
             f'| {r["params"] / 2**20:g}M | {r["leaves"]} | {r["impl"]} | {r["step_ms"]:.2f} | {_ratio(r["vs_optax"])} '
             f'| {_ratio(r["vs_torch"])} | {r["best_ms"]:.2f} | {r["gb_s"]:.1f} | {100 * r["triad_share"]:.0f}% '
             f'| {r["first_call_s"]:.2f} '
             f'| {_ratio(r["first_call_vs_optax"])} | {r["peak_rss_mib"]:.0f} |'
+            + (
+                f' {r["b2b_ms"]:.3f} | {_ratio(r["b2b_vs_optax"])} | {_ratio(r["b2b_vs_torch"])} |'
+                if b2b and r.get('b2b_ms') is not None
+                else ''
+            )
         )
     on_cpu = meta['device'].startswith('cpu')
     kernel = 'Kernel' if on_cpu else 'CPU kernel (unused here: on this device the adam_jax rows run the composed chain)'
@@ -291,12 +336,22 @@ def main(argv: list[str] | None = None) -> dict:
         choices=('cpu', 'cuda'),
         help="where torch's fused Adam runs: cpu (default) or cuda, beside JAX's GPU",
     )
+    parser.add_argument(
+        '--back-to-back',
+        type=int,
+        default=0,
+        metavar='K',
+        help='also time bursts of K steps issued back to back and waited for once (for GPUs: per-step waits '
+        'there mostly time the host round trip)',
+    )
     parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent)
     parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return {}
+    if args.back_to_back < 0:
+        parser.error(f'--back-to-back must be >= 0 (0: off), got {args.back_to_back}')
     with_torch = torch_available() and not args.no_torch
     spec = MODES[args.mode]
     stem = 'results' if args.mode == 'full' else f'results-{args.mode}'
@@ -314,7 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
             samples=spec['rounds'] * spec['steps'],
             command='python -m benchmarks.run'
             + ('' if args.mode == 'full' else f' --{args.mode}')
-            + ('' if args.torch_device == 'cpu' or not with_torch else f' --torch-device {args.torch_device}'),
+            + ('' if args.torch_device == 'cpu' or not with_torch else f' --torch-device {args.torch_device}')
+            + (f' --back-to-back {args.back_to_back}' if args.back_to_back else ''),
+            back_to_back=args.back_to_back,
             device=rows[0]['device'] if rows else 'unknown',
             torch_device=args.torch_device,
             kernel=next((r['note'] for r in rows if r['impl'] == 'adam_jax'), ''),
@@ -327,14 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     for n in spec['sizes']:
         for leaves in spec['leaves']:
-            new = measure(n, leaves, args.mode, with_torch, args.torch_device)
+            new = measure(n, leaves, args.mode, with_torch, args.torch_device, args.back_to_back)
             rows += new
             write(complete=False)
             for r in new:
                 print(
                     f'{n / 2**20:5g}M {leaves:5d} {r["impl"]:15s} {r["step_ms"]:8.2f} ms  '
                     f'{_ratio(r["vs_optax"])} optax  {_ratio(r["vs_torch"])} torch  '
-                    f'first call {r["first_call_s"]:.2f} s',
+                    f'first call {r["first_call_s"]:.2f} s'
+                    + (f'  back to back {r["b2b_ms"]:.3f} ms' if r['b2b_ms'] is not None else ''),
                     flush=True,
                 )
     meta, table = write(complete=True)

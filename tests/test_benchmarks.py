@@ -22,7 +22,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_smoke_run_writes_table_and_json(tmp_path):
     done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.run', '--smoke', '--no-torch', '--out', str(tmp_path)],
+        [
+            sys.executable,
+            '-m',
+            'benchmarks.run',
+            '--smoke',
+            '--no-torch',
+            '--back-to-back',
+            '3',
+            '--out',
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -37,13 +47,17 @@ def test_smoke_run_writes_table_and_json(tmp_path):
         assert r['step_ms'] > 0 and r['first_call_s'] > 0 and r['peak_rss_mib'] > 50
         assert abs(r['gb_s'] - 28 * r['params'] / (r['step_ms'] * 1e6)) < 1e-9 * r['gb_s']
         assert abs(r['triad_share'] - r['gb_s'] / r['triad_gb_s']) < 1e-12
-        assert r['vs_torch'] is None
-    assert rows['optax.adam']['vs_optax'] == 1.0
+        assert r['vs_torch'] is None and r['b2b_vs_torch'] is None
+        assert r['b2b_ms'] > 0
+    assert rows['optax.adam']['vs_optax'] == 1.0 and rows['optax.adam']['b2b_vs_optax'] == 1.0
     assert rows['adam_jax']['vs_optax'] == rows['adam_jax']['step_ms'] / rows['optax.adam']['step_ms']
+    assert rows['adam_jax']['b2b_vs_optax'] == rows['adam_jax']['b2b_ms'] / rows['optax.adam']['b2b_ms']
+    assert result['meta']['back_to_back'] == 3
     assert rows['adam_jax']['note'] == fused.status()  # the kernel, or the fallback and why
     table = (tmp_path / 'results-smoke.md').read_text()
     assert '| 0.25M | 10 | adam_jax |' in table and '| 0.25M | 10 | optax.adam |' in table
-    assert 'python -m benchmarks.run --smoke' in table
+    assert 'python -m benchmarks.run --smoke --back-to-back 3' in table
+    assert f'| {rows["adam_jax"]["b2b_ms"]:.3f} | {rows["adam_jax"]["b2b_vs_optax"]:.2f}x |  |' in table
     platform = jax.devices()[0].platform  # the workers run where this process's JAX runs
     assert f'JAX on {platform}' in table and rows['adam_jax']['device'].startswith(platform)
 
@@ -67,3 +81,20 @@ def test_fusions_report_names_what_each_step_compiles_to():
     assert 'custom-call' not in optax_section and 'fusion, kind=kLoop' in optax_section
     for name in ('optax.adam', 'adam_jax.adam', 'adam_jax.fused.adam(...).step', 'torch.optim.Adam(fused=True)'):
         assert f'{name}: median ' in out
+
+
+def test_lean_state_prints_every_state_kind_with_bursts():
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.lean_state', '--params', '131072', '--rounds', '2', '--back-to-back', '2'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split('|')[1:-1] for line in done.stdout.splitlines() if line.startswith('| ') and 'MiB' in line]
+    by_name = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
+    assert len(by_name) == 8 and all(len(r) == 7 for r in by_name.values())
+    assert by_name['fp32 (adam_jax)'][1] == '1.000x' and by_name['fp32 (adam_jax)'][6] == '1.00x'
+    assert by_name['bf16 (adam_jax)'][1] == '0.500x'
+    assert all(float(r[5]) > 0 for r in by_name.values())  # the burst's ms per step
