@@ -7,7 +7,11 @@ import json
 import os
 from collections.abc import Callable
 
-import jax
+# Test workers (pytest -n) share one GPU where there is one: by default each would take 75% of its memory at start-up,
+# and the workers after the first would fail with RESOURCE_EXHAUSTED. Read by JAX when it first sets up the GPU.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest
