@@ -67,6 +67,8 @@ def main() -> None:
         help='also time bursts of K steps waited for once (on a GPU a step waited for alone times the round trip)',
     )
     args = parser.parse_args()
+    if args.back_to_back < 0:
+        parser.error(f'--back-to-back must be >= 0 (0: off), got {args.back_to_back}')
 
     params0 = make_params(args.params, args.leaves)
     n = sum(p.size for p in jax.tree.leaves(params0))
@@ -92,8 +94,6 @@ def main() -> None:
         nbytes = adam_jax.state_nbytes(jax.eval_shape(opt.init, abstract)).total
         runs[name] = dict(step=step, params=params, state=state, times=[], nbytes=nbytes)
 
-    if args.back_to_back < 0:
-        parser.error(f'--back-to-back must be >= 0 (0: off), got {args.back_to_back}')
     time_interleaved(runs, args.rounds, grads, back_to_back=args.back_to_back)
 
     base = runs['fp32 (adam_jax)']
