@@ -111,10 +111,11 @@ def check_learning_rate(value: Any, name: str = 'learning_rate') -> None:
         check_range(name, value)
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """A count or size: a Python or NumPy integer >= 1 (not a bool)."""
-    if is_bool(value) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f'{name} must be a positive int, got {value!r}.')
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """A count or size: a Python or NumPy integer >= ``minimum`` (not a bool)."""
+    if is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = {1: 'a positive int', 0: 'a non-negative int'}.get(minimum, f'an int >= {minimum}')
+        raise ValueError(f'{name} must be {kind}, got {value!r}.')
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -61,7 +61,7 @@ class Factored:
     min_dim_size_to_factor: int = 128
 
     def __post_init__(self):
-        _checks.check_positive_int('min_dim_size_to_factor', self.min_dim_size_to_factor)
+        _checks.check_int('min_dim_size_to_factor', self.min_dim_size_to_factor)
         object.__setattr__(self, 'min_dim_size_to_factor', int(self.min_dim_size_to_factor))
 
     def applies_to(self, leaf: Any) -> bool:
@@ -159,7 +159,7 @@ def scale_by_factored_rms(
     _checks.check_nonnegative('decay_offset', decay_offset)
     if isinstance(decay_offset, float) and not decay_offset.is_integer():
         raise ValueError(f'decay_offset must be a whole number of steps, got {decay_offset!r}.')
-    _checks.check_positive_int('min_dim_size_to_factor', min_dim_size_to_factor)
+    _checks.check_int('min_dim_size_to_factor', min_dim_size_to_factor)
     _checks.check_nonnegative('eps', eps)
 
     def init(params):

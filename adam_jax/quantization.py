@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from typing import Any
 
 import chex
@@ -86,9 +85,8 @@ class BlockQuantized:
     def __post_init__(self):
         if not _checks.is_bool(self.signed):
             raise TypeError(f'signed must be a bool, got {self.signed!r}.')
-        _checks.check_positive_int('block_size', self.block_size)
-        if _checks.is_bool(self.min_size) or not isinstance(self.min_size, numbers.Integral) or self.min_size < 0:
-            raise ValueError(f'min_size must be a non-negative int, got {self.min_size!r}.')
+        _checks.check_int('block_size', self.block_size)
+        _checks.check_int('min_size', self.min_size, minimum=0)
         for name in ('signed', 'block_size', 'min_size'):  # plain Python values: hashable, comparable, printable
             object.__setattr__(self, name, (bool if name == 'signed' else int)(getattr(self, name)))
 

@@ -25,6 +25,7 @@ import optax
 import adam_jax
 from adam_jax import fused
 from benchmarks.interleave import time_interleaved
+from benchmarks.run import torch_setup
 
 
 def _update_step(opt):
@@ -44,16 +45,10 @@ def _fused_step(opt):
 
 def _torch_run(n: int) -> dict:
     """torch's fused CPU Adam on n params in one tensor, as a run of time_interleaved (it ignores params/state)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    param = torch.zeros(n, requires_grad=True)
-    param.grad = torch.randn(n, generator=gen)
-    opt = torch.optim.Adam([param], lr=1e-3, fused=True)
-    opt.step()  # allocates its state
+    torch_step, _, _, _ = torch_setup(n, 1)  # on the CPU: a step returns when it is done
 
     def step(params, state, grads):
-        opt.step()
+        torch_step()
         return params, state
 
     return dict(step=step, params=None, state=None, times=[])

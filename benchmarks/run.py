@@ -128,7 +128,9 @@ def _jax_setup(name: str, n: int, leaves: int):
     return step, sync, first, note
 
 
-def _torch_setup(n: int, leaves: int):
+def torch_setup(n: int, leaves: int):
+    """torch.optim.Adam(fused=True) on n params in ``leaves`` tensors (on the device named by TORCH_DEVICE_ENV, CPU
+    by default), after its first step: (step, sync, first-call seconds, a note naming torch and where it ran)."""
     import torch
 
     device = os.environ.get(TORCH_DEVICE_ENV, 'cpu')
@@ -149,7 +151,7 @@ def _torch_setup(n: int, leaves: int):
 def worker(name: str, n: int, leaves: int) -> None:
     """Answers 'run K' with K step times (each step waited for), 'burst K' with the time per step of K steps
     issued back to back and waited for once, and 'quit' with the peak RSS, one JSON line each."""
-    step, sync, first, note = _torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
+    step, sync, first, note = torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
 
     def run() -> float:
         t = time.perf_counter()
