@@ -220,6 +220,26 @@ def test_a_zero_eps_given_as_a_jax_array_is_the_chain():
         assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
 
 
+@pytest.mark.parametrize('name', ['learning_rate', 'b1', 'b2', 'eps', 'eps_root', 'weight_decay'])
+def test_a_float64_hyperparameter_under_x64_is_the_chain(x64, name):
+    # A NumPy float64 is strongly typed: under x64 the chain computes in float64 and casts back at the end, which
+    # the float32 kernel cannot mirror (it gave 9 of 5000 params different in one step), so step runs the chain.
+    hypers = dict(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-9, weight_decay=1e-2)
+    hypers[name] = np.float64(hypers[name])
+    opt = fused.adamw(**hypers)
+    rng = np.random.default_rng(0)
+    params = {'w': jnp.asarray(rng.normal(size=5000), jnp.float32)}
+    grads = {'w': jnp.asarray(rng.normal(size=5000), jnp.float32)}
+    state = opt.init(params)
+    assert kernel_calls(opt.step, params, grads, state) == 0
+    got = jax.jit(opt.step)(params, grads, state)
+    assert leaves_equal(got, jax.jit(chain_step(opt))(params, grads, state))
+    assert got[0]['w'].dtype == jnp.float32
+    # A Python float is weakly typed: it keeps the float32 arithmetic, and the kernel.
+    if _library.available():
+        assert kernel_calls(fused.adamw(1e-3).step, params, grads, fused.adamw(1e-3).init(params)) == 1
+
+
 def test_fallback_to_the_chain_without_kernel_or_for_other_dtypes(monkeypatch):
     opt = fused.adamw(1e-2, weight_decay=0.1)
     bf16 = mixed_tree(jnp.bfloat16)
