@@ -39,6 +39,9 @@ SECOND_MOMENTS = ('square', 'max', 'belief')
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
+_ARRAY_ATTRIBUTES = frozenset({'dtype', 'shape', 'ndim', 'size', 'real', 'imag', 'conj', 'astype', 'sum', 'T'})
+
+
 @dataclasses.dataclass(frozen=True)
 class Moments:
     r"""What flows between the transforms of the moment stage.
@@ -56,6 +59,9 @@ class Moments:
         (after :func:`bias_correct`, or by construction for AdaMax's ``u``).
       precise_corrections: form :math:`1 - \beta^t` from :math:`\log\beta` taken in double
         precision (see :func:`adam_jax.correction.one_minus_power`), as ``torch.optim`` does.
+
+    Not a pytree: a transform that maps over every leaf of the updates meets it as a single value, which
+    refuses arithmetic and conversion to an array with a ``TypeError`` saying where such a transform belongs.
     """
 
     grad: Any
@@ -72,12 +78,27 @@ class Moments:
     def replace(self, **changes: Any) -> Moments:
         return dataclasses.replace(self, **changes)
 
+    # Moments is deliberately not a pytree: a transform that maps over every leaf (optax.scale,
+    # optax.clip_by_global_norm, ...) would otherwise reach count, b1 and b2 too (optax.scale(0.5) halved them
+    # and turned the int32 step count into 0.5, with no error). As one leaf, the value refuses arithmetic and
+    # conversion to an array with a message that says where such a transform belongs.
+    def _misplaced(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "A transform that works on arrays received the moment stage's Moments value (what flows from "
+            'scale_by_moments() to the transform that ends the stage, such as scale_by_rms()). Transforms of the '
+            'gradient (e.g. optax.clip_by_global_norm) go before scale_by_moments(), transforms of the update '
+            '(e.g. optax.scale) after scale_by_rms() or another transform that turns moments into a direction.'
+        )
 
-jax.tree_util.register_dataclass(
-    Moments,
-    data_fields=['grad', 'mu', 'nu', 'count', 'b1', 'b2'],
-    meta_fields=['second_moment', 'mu_debiased', 'nu_debiased', 'precise_corrections'],
-)
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _misplaced
+    __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _misplaced
+    __neg__ = __pos__ = __abs__ = __lt__ = __le__ = __gt__ = __ge__ = _misplaced
+    __array__ = _misplaced
+
+    def __getattr__(self, name: str) -> Any:  # only for names the dataclass does not have
+        if name in _ARRAY_ATTRIBUTES:
+            self._misplaced()
+        raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
 
 
 class MomentsState(NamedTuple):

@@ -172,6 +172,35 @@ def test_params_shaped_transform_given_moments_raises_type_error():
         chain.update(params, state, params)
 
 
+OURS = r"received the moment stage's Moments value.*go before scale_by_moments\(\).*after scale_by_rms\(\)"
+
+
+@pytest.mark.parametrize(
+    'inside,text',
+    [
+        (optax.scale(0.5), OURS),
+        (optax.clip_by_global_norm(1.0), OURS),
+        (optax.clip(0.1), "type <class 'adam_jax.moments.Moments'>"),  # jnp's own message names the type
+    ],
+    ids=['scale', 'clip_by_global_norm', 'clip'],
+)
+def test_an_optax_transform_inside_the_moment_stage_raises_type_error(inside, text):
+    # Moments is not a pytree: optax.scale(0.5) there used to halve b1 and b2 and make the int32 count 0.5, and
+    # the step came out 5.2x too large without an error.
+    params = {'w': jnp.ones(2)}
+    chain = optax.chain(scale_by_moments(), inside, bias_correct(), scale_by_rms())
+    state = chain.init(params)
+    with pytest.raises(TypeError, match=text):
+        chain.update({'w': jnp.array([3.0, -4.0])}, state, params)
+
+
+def test_a_chain_that_never_ends_the_moment_stage_raises_type_error():
+    params = jnp.ones(2)
+    opt = optax.chain(scale_by_moments(), bias_correct(), optax.scale(-1e-2))
+    with pytest.raises(TypeError, match=OURS):
+        opt.update(params, opt.init(params), params)
+
+
 def test_two_moment_stages_raise_type_error():
     params = {'w': jnp.ones(3)}
     chain = optax.chain(scale_by_moments(), scale_by_moments())
