@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, aliases, factored, quantization
+from adam_jax.correction import correction_dtype, one_minus_power
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
@@ -232,8 +233,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
                 _f32(b1),
                 _f32(1 - b2),
                 _f32(b2),
-                1 - _f32(b1) ** count,  # as correction.debias forms 1 - b^t
-                1 - _f32(b2) ** count,
+                _f32(one_minus_power(b1, count, correction_dtype(jnp.float32))),  # as correction.debias forms it
+                _f32(one_minus_power(b2, count, correction_dtype(jnp.float32))),
                 _f32(eps_root),
                 _f32(eps),
                 _f32(wd),
