@@ -118,6 +118,14 @@ def check_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f'{name} must be {kind}, got {value!r}.')
 
 
+def check_bool(name: str, value: Any) -> None:
+    """A flag: ``True`` or ``False`` (a Python or NumPy boolean, or a concrete boolean scalar array). A string such as
+    ``'no'`` or ``'False'`` is truthy, and a number is not a flag: both raise a ``TypeError`` naming ``name``."""
+    if is_bool(value) or (getattr(value, 'dtype', None) == np.bool_ and np.ndim(value) == 0):
+        return
+    raise TypeError(f'{name} must be a bool (True or False), got {value!r}.')
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f'{name} must be one of {allowed}, got {value!r}.')

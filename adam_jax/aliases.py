@@ -30,6 +30,7 @@ def corrected_moments(b1, b2, mu_dtype, nu_dtype, *before_correction, **moment_k
 
 
 def _look_ahead(nesterov: bool) -> list:
+    _checks.check_bool('nesterov', nesterov)
     return [nesterov_momentum()] if nesterov else []
 
 
@@ -165,6 +166,7 @@ def nadam(
     eps_root: chex.Numeric = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = True,
     nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""NAdam: Adam with Nesterov momentum (Dozat 2016), with a constant :math:`\beta_1`.
@@ -177,9 +179,10 @@ def nadam(
     Chain: ``scale_by_moments -> nesterov_momentum() -> bias_correct() (v only) ->
     scale_by_rms -> lr``, i.e. ``adam(..., nesterov=True)``. Equal to
     ``optax.nadam``. PyTorch's NAdam (Dozat's momentum schedule) is
-    :func:`adam_jax.presets.pytorch.nadam`.
+    :func:`adam_jax.presets.pytorch.nadam`. ``nesterov`` is there for optax's signature (``optax.nadam`` is
+    ``optax.adam`` with ``nesterov=True``): ``nesterov=False`` gives :func:`adam`.
     """
-    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True, nu_dtype=nu_dtype)
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
 
 def nadamw(
@@ -192,15 +195,18 @@ def nadamw(
     weight_decay: chex.Numeric = 1e-4,
     mask: MaskOrFn = None,
     *,
+    nesterov: bool = True,
     nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""NAdamW: :func:`nadam`'s direction with decoupled weight decay.
 
     Chain: ``scale_by_moments -> nesterov_momentum() -> bias_correct() ->
     scale_by_rms -> decoupled_decay -> lr``, i.e. ``adamw(..., nesterov=True)``.
-    Equal to ``optax.nadamw``.
+    Equal to ``optax.nadamw``; ``nesterov=False`` gives :func:`adamw`.
     """
-    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True, nu_dtype=nu_dtype)
+    return adamw(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov, nu_dtype=nu_dtype
+    )
 
 
 def amsgrad(
@@ -233,6 +239,8 @@ def amsgrad(
     (:func:`adam_jax.presets.pytorch.adam`).
     """
     _checks.check_learning_rate(learning_rate)
+    _checks.check_bool('bias_correction_mu', bias_correction_mu)
+    _checks.check_bool('bias_correction_nu', bias_correction_nu)
     return optax.chain(
         scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         bias_correct(mu=bias_correction_mu, nu=bias_correction_nu),
@@ -467,6 +475,8 @@ def adafactor(
         _checks.check_range('clipping_threshold', clipping_threshold, 0.0, None, low_inclusive=False)
     if weight_decay_rate is not None and not callable(weight_decay_rate):
         _checks.check_nonnegative('weight_decay_rate', weight_decay_rate)
+    _checks.check_bool('multiply_by_parameter_scale', multiply_by_parameter_scale)
+    _checks.check_bool('factored', factored)
     tx = [scale_by_factored_rms(decay_rate, decay_offset, min_dim_size_to_factor, eps, factored)]
     if clipping_threshold is not None:
         tx.append(optax.clip_by_block_rms(clipping_threshold))

@@ -96,6 +96,8 @@ def bias_correct(*, mu: bool = True, nu: bool = True) -> optax.GradientTransform
         AMSGrad's paper does).
       nu: correct the second moment.
     """
+    _checks.check_bool('mu', mu)
+    _checks.check_bool('nu', nu)
 
     def init(params: optax.Params) -> optax.EmptyState:
         del params

@@ -274,6 +274,7 @@ def scale_by_moments(
     _checks.check_decay('b1', b1)
     _checks.check_decay('b2', b2)
     _checks.check_choice('second_moment', second_moment, SECOND_MOMENTS)
+    _checks.check_bool('precise_corrections', precise_corrections)
     _checks.check_nonnegative('max_eps', max_eps)
     if second_moment != 'max' and _checks.is_known_nonzero(max_eps):
         raise ValueError(f"max_eps is only used with second_moment='max', got max_eps={max_eps!r}.")

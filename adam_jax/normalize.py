@@ -77,6 +77,7 @@ def scale_by_rms(
         update finite when differentiating through it (meta-learning).
       eps_on_raw_nu: add ``eps`` to the root of the uncorrected second moment.
     """
+    _checks.check_bool('eps_on_raw_nu', eps_on_raw_nu)
     return _ending('scale_by_rms', eps, eps_root, lambda moments: _rms_direction(moments, eps, eps_root, eps_on_raw_nu))
 
 
@@ -133,6 +134,8 @@ def scale_by_rectified_rms(
     """
     _checks.check_nonnegative('eps', eps)
     _checks.check_nonnegative('eps_root', eps_root)
+    _checks.check_bool('strict', strict)
+    _checks.check_bool('eps_on_raw_nu', eps_on_raw_nu)
     # r_t is real only for rho_t >= 4: a lower threshold would switch to a NaN step
     _checks.check_range('threshold', threshold, 4.0, None)
 

@@ -83,8 +83,7 @@ class BlockQuantized:
     min_size: int = DEFAULT_MIN_SIZE
 
     def __post_init__(self):
-        if not _checks.is_bool(self.signed):
-            raise TypeError(f'signed must be a bool, got {self.signed!r}.')
+        _checks.check_bool('signed', self.signed)
         _checks.check_int('block_size', self.block_size)
         _checks.check_int('min_size', self.min_size, minimum=0)
         for name in ('signed', 'block_size', 'min_size'):  # plain Python values: hashable, comparable, printable

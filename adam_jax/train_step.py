@@ -49,6 +49,7 @@ def make_train_step(
     if not callable(loss_fn):
         raise TypeError(f'loss_fn must be a function loss_fn(params, *batch), got {loss_fn!r}.')
     _checks.check_transformation('optimizer', optimizer)
+    _checks.check_bool('has_aux', has_aux)
     view = unravel if unravel is not None else (lambda params: params)
     fused_step = getattr(optimizer, 'step', None)
 

@@ -86,7 +86,19 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
         (lambda: adam_jax.adam(np.array([1e-3])), 'learning_rate', 'scalar, got an array of shape (1,)'),
         (lambda: adam_jax.adam(1e-3, nu_dtype='banana'), 'nu_dtype', "'uint8'"),
         (lambda: adam_jax.adamw(1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-2), 'mu_dtype', 'got 0.01'),  # a positional slip
-        (lambda: adam_jax.BlockQuantized(signed='no'), 'signed', "must be a bool, got 'no'"),
+        (lambda: adam_jax.BlockQuantized(signed='no'), 'signed', "must be a bool (True or False), got 'no'"),
+        # Flags: a string is truthy ('no' used to turn Nesterov on silently) and a number is not a flag.
+        (lambda: adam_jax.adam(1e-3, nesterov='no'), 'nesterov', "must be a bool (True or False), got 'no'"),
+        (lambda: adam_jax.nadam(1e-3, nesterov='False'), 'nesterov', "got 'False'"),
+        (lambda: adam_jax.radam(1e-3, nesterov=1), 'nesterov', 'got 1'),
+        (lambda: adam_jax.amsgrad(1e-3, bias_correction_mu='no'), 'bias_correction_mu', "got 'no'"),
+        (lambda: adam_jax.adafactor(factored='yes'), 'factored', "got 'yes'"),
+        (lambda: adam_jax.bias_correct(nu=None), 'nu', 'got None'),
+        (lambda: adam_jax.scale_by_rms(eps_on_raw_nu='true'), 'eps_on_raw_nu', "got 'true'"),
+        (lambda: adam_jax.scale_by_moments(precise_corrections=0), 'precise_corrections', 'got 0'),
+        (lambda: presets.pytorch.adam(maximize='no'), 'maximize', "got 'no'"),
+        (lambda: presets.pytorch.adam(amsgrad='no'), 'amsgrad', "got 'no'"),
+        (lambda: adam_jax.make_train_step(lambda p: 0.0, adam_jax.adam(1e-3), has_aux='no'), 'has_aux', "got 'no'"),
     ],
 )
 def test_non_numbers_raise_type_error_naming_the_argument(build, arg, text):
@@ -94,6 +106,25 @@ def test_non_numbers_raise_type_error_naming_the_argument(build, arg, text):
         build()
     message = str(err.value)
     assert message.startswith(arg + ' ') and text in message, message
+
+
+def test_flags_accept_python_and_numpy_booleans_and_nadam_takes_nesterov_like_optax():
+    params = {'w': jnp.array([1.0, -2.0])}
+    grads = {'w': jnp.array([0.3, 0.1])}
+
+    def first_update(opt):
+        return opt.update(grads, opt.init(params), params)[0]['w']
+
+    for flag in (True, np.bool_(True), np.array(True), jnp.array(True)):
+        np.testing.assert_array_equal(
+            first_update(adam_jax.adam(1e-2, nesterov=flag)), first_update(adam_jax.nadam(1e-2))
+        )
+    # optax.nadam is optax.adam with nesterov=True, so it takes the keyword too.
+    np.testing.assert_array_equal(first_update(adam_jax.nadam(1e-2, nesterov=False)), first_update(adam_jax.adam(1e-2)))
+    np.testing.assert_allclose(
+        first_update(adam_jax.nadamw(1e-2, nesterov=True)), first_update(optax.nadamw(1e-2, nesterov=True)), rtol=1e-6
+    )
+    assert not np.array_equal(first_update(adam_jax.nadam(1e-2)), first_update(adam_jax.adam(1e-2)))
 
 
 def test_numpy_integers_are_sizes():

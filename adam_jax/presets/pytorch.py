@@ -50,6 +50,8 @@ def _torch_chain(
     *direction: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
     """[-g] -> [g + wd theta] -> direction -> [+ wd theta] -> -lr: PyTorch's order of operations."""
+    _checks.check_bool('decoupled_weight_decay', decoupled_weight_decay)
+    _checks.check_bool('maximize', maximize)
     if not callable(lr):
         _checks.check_range('lr', lr, 0.0)  # torch.optim refuses a negative lr
     _checks.check_nonnegative('weight_decay', weight_decay)
@@ -113,6 +115,7 @@ def adam(
     [decoupled_decay] -> scale_by_learning_rate(lr)``.
     """
     b1, b2 = _betas(betas)
+    _checks.check_bool('amsgrad', amsgrad)
     return _torch_chain(
         lr,
         weight_decay,
