@@ -40,7 +40,9 @@ def make_train_step(
       optimizer: any optax transform; one with a ``step`` method (:func:`adam_jax.fused.adam`,
         :func:`adam_jax.fused.adamw`) applies its update in place through it.
       unravel: if given, ``params`` is a flat vector and ``loss_fn`` receives ``unravel(params)``
-        (from ``flat, unravel = jax.flatten_util.ravel_pytree(params)``).
+        (from ``flat, unravel = jax.flatten_util.ravel_pytree(params)``). The optimizer then sees one leaf:
+        the same update for elementwise optimizers (Adam, AdamW), not for per-leaf statistics (LAMB's trust
+        ratio, factored or block-quantized moments).
       has_aux: ``loss_fn`` returns ``(loss, aux)``; the step then returns ``(params, state, loss, aux)``.
 
     The arguments ``params`` and ``opt_state`` are donated: do not use the arrays passed in after the
