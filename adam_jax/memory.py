@@ -36,7 +36,9 @@ def state_nbytes(state: Any) -> StateBytes:
     Works on concrete arrays and on ``jax.ShapeDtypeStruct`` s, so the state of
     a model too large to allocate can be measured with
     ``state_nbytes(jax.eval_shape(opt.init, params))``. Sharded arrays count at
-    their global size.
+    their global size. With ``flax.nnx.Optimizer`` pass ``optimizer.opt_state``: ``nnx.state(optimizer)``
+    also holds nnx's own step counter, and its variables no longer say which arrays are 8-bit codes (the
+    total is the same, the kinds are plain dtypes).
     """
     by_kind: dict[str, int] = {}
 
