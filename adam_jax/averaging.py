@@ -24,6 +24,7 @@ import optax
 from adam_jax import _checks
 from adam_jax._tree import compute_dtype, real_dtype
 from adam_jax.moments import saturating_increment
+from adam_jax.sharding import replicated_zero
 
 
 class TemporalAverageState(NamedTuple):
@@ -53,8 +54,9 @@ def temporal_average(b2: chex.Numeric = 0.999) -> optax.GradientTransformationEx
     _checks.check_decay('b2', b2)
 
     def init(params: optax.Params) -> TemporalAverageState:
-        theta_bar = jax.tree.map(lambda p: jnp.zeros(p.shape, compute_dtype(p.dtype)), params)
-        return TemporalAverageState(jnp.zeros([], jnp.int32), jnp.zeros([], float), theta_bar)
+        theta_bar = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=compute_dtype(p.dtype)), params)  # placed like p
+        bias = replicated_zero(params, jax.dtypes.canonicalize_dtype(float))
+        return TemporalAverageState(replicated_zero(params, jnp.int32), bias, theta_bar)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args

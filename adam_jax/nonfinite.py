@@ -17,6 +17,7 @@ import optax
 
 from adam_jax import _checks
 from adam_jax.moments import saturating_increment
+from adam_jax.sharding import replicated_zero
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -63,8 +64,8 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     def init(params: optax.Params) -> SkipNonfiniteState:
         return SkipNonfiniteState(
             inner_state=inner.init(params),
-            num_skipped=jnp.zeros([], jnp.int32),
-            last_skipped=jnp.zeros([], jnp.bool_),
+            num_skipped=replicated_zero(params, jnp.int32),  # on the params' mesh or device, like the step count
+            last_skipped=replicated_zero(params, jnp.bool_),
         )
 
     def update(updates, state, params=None, **extra_args):

@@ -46,8 +46,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from adam_jax import _checks
+from adam_jax._placement import explicit_sharding, mesh_axes, normal_form, placed_sharding
 from adam_jax._tree import register_flax_serialization
 
 DEFAULT_BLOCK_SIZE = 256
@@ -166,14 +168,44 @@ def zeros_like(leaf: Any, spec: BlockQuantized) -> QuantizedArray:
     """The quantized zero tensor shaped like ``leaf`` (code 0 is exactly 0 in both maps).
 
     The codes are made with ``zeros_like``, so they follow the sharding of a
-    concrete ``leaf``; ``leaf`` may also be a ``jax.ShapeDtypeStruct``.
+    concrete ``leaf``, and the absmax is placed where :func:`absmax_sharding` says (on the leaf's
+    device, or on its mesh); ``leaf`` may also be a ``jax.ShapeDtypeStruct``.
     """
-    size = math.prod(leaf.shape)
+    shape = (num_blocks(math.prod(leaf.shape), spec.block_size),)
+    sharding = placed_sharding(leaf)
+    where = None if sharding is None else absmax_sharding(sharding, leaf.shape, spec.block_size)
     return QuantizedArray(
         codes=jnp.zeros_like(leaf, dtype=spec.code_dtype),
-        absmax=jnp.zeros((num_blocks(size, spec.block_size),), jnp.float32),
+        absmax=jnp.zeros(shape, jnp.float32) if where is None else jax.lax.full(shape, 0, jnp.float32, sharding=where),
         block_size=spec.block_size,
     )
+
+
+def _whole_block_shards(sharding: NamedSharding, shape: tuple[int, ...], block_size: int) -> bool:
+    """Whether a leaf with ``sharding`` is split along its first axis only, into shards of whole blocks: then its
+    blocks (and their absmax) split the same way, and quantizing it needs no communication."""
+    spec = tuple(sharding.spec)
+    if not spec or spec[0] is None or any(entry is not None for entry in spec[1:]):
+        return False
+    shards = math.prod(sharding.mesh.shape[a] for a in mesh_axes(spec[0]))
+    size = math.prod(shape)
+    return size % shards == 0 and (size // shards) % block_size == 0
+
+
+def absmax_sharding(sharding: Any, shape: tuple[int, ...], block_size: int) -> jax.sharding.Sharding | None:
+    """Where the absmax of a quantized leaf of ``shape`` lives when its codes have ``sharding``.
+
+    absmax holds one scale per block of the row-major flattening: it is split like the leaf's first axis when
+    each shard holds whole blocks (:func:`_whole_block_shards`), and replicated on the leaf's mesh otherwise;
+    on the leaf's device for a single-device leaf. None for other kinds of sharding.
+    """
+    if isinstance(sharding, NamedSharding):
+        if _whole_block_shards(sharding, shape, block_size):
+            return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+        return NamedSharding(sharding.mesh, normal_form([None], sharding.mesh))  # replicated
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    return None
 
 
 def requantize(new: jax.Array, old: QuantizedArray) -> QuantizedArray:
@@ -182,7 +214,18 @@ def requantize(new: jax.Array, old: QuantizedArray) -> QuantizedArray:
 
 
 def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    """Row-major flattening cut into blocks, the last one padded with zeros."""
+    """Row-major flattening cut into blocks, the last one padded with zeros.
+
+    On explicit mesh axes a leaf split along its first axis into whole blocks gives blocks split the same way;
+    any other split leaf is gathered first (its blocks cross the shards), as XLA does on auto axes.
+    """
+    sharding = explicit_sharding(x)
+    if sharding is not None:
+        if _whole_block_shards(sharding, x.shape, block_size):
+            rows = sharding.spec[0]
+            flat = jnp.reshape(x, (-1,), out_sharding=NamedSharding(sharding.mesh, PartitionSpec(rows)))
+            return jnp.reshape(flat, (-1, block_size), out_sharding=NamedSharding(sharding.mesh, PartitionSpec(rows)))
+        x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
     flat = x.reshape(-1)
     pad = num_blocks(flat.size, block_size) * block_size - flat.size
     if pad:
@@ -190,12 +233,18 @@ def _blocks(x: jax.Array, block_size: int) -> jax.Array:
     return flat.reshape(-1, block_size)
 
 
-def _unblock(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _unblock(blocks: jax.Array, shape: tuple[int, ...], like: NamedSharding | None = None) -> jax.Array:
+    """The inverse of :func:`_blocks`; ``like``: the explicit sharding the result must have (the leaf's)."""
+    split = explicit_sharding(blocks)
+    if like is not None and split is not None:  # blocks split along the leaf's first axis
+        flat = jnp.reshape(blocks, (-1,), out_sharding=NamedSharding(split.mesh, PartitionSpec(split.spec[0])))
+        return jnp.reshape(flat, shape, out_sharding=like)
     flat = blocks.reshape(-1)
     size = math.prod(shape)
     if flat.size != size:
         flat = flat[:size]
-    return flat.reshape(shape)
+    out = flat.reshape(shape)
+    return out if like is None else jax.sharding.reshard(out, like)
 
 
 def _decades(signed: bool) -> list[tuple[float, float, float, int]]:
@@ -269,7 +318,8 @@ def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
         codes = jnp.where(normalized < 0, -n, n)
     else:
         codes = encode(jnp.clip(normalized, 0.0, 1.0), False)
-    return QuantizedArray(_unblock(codes.astype(spec.code_dtype), shape), absmax, spec.block_size)
+    codes = _unblock(codes.astype(spec.code_dtype), shape, explicit_sharding(x))
+    return QuantizedArray(codes, absmax, spec.block_size)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
@@ -279,7 +329,12 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         values = jnp.copysign(decode(jnp.abs(codes), True), codes)
     else:
         values = decode(codes, False)
-    return _unblock(values * q.absmax[:, None], q.shape)
+    absmax = q.absmax
+    split = explicit_sharding(codes)
+    if explicit_sharding(q.codes) is not None:  # explicit axes: absmax split like the blocks' rows, or replicated
+        rows = PartitionSpec(split.spec[0]) if split is not None else PartitionSpec()
+        absmax = jax.sharding.reshard(absmax, NamedSharding(jax.typeof(q.codes).sharding.mesh, rows))
+    return _unblock(values * absmax[:, None], q.shape, explicit_sharding(q.codes))
 
 
 def dynamic_map(signed: bool) -> np.ndarray:

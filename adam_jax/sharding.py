@@ -35,8 +35,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adam_jax import _checks
-from adam_jax.factored import FactoredMoment
-from adam_jax.quantization import QuantizedArray
+from adam_jax._placement import mesh_axes, normal_form
+from adam_jax.factored import FactoredMoment, factored_shardings
+from adam_jax.quantization import QuantizedArray, absmax_sharding
 
 
 def _named_sharding(x: Any) -> NamedSharding | None:
@@ -142,29 +143,14 @@ def _follow(state_leaf: Any, sharding: jax.sharding.Sharding) -> Any:
     if isinstance(state_leaf, QuantizedArray):
         absmax = _absmax_sharding(state_leaf, sharding)
         return QuantizedArray(codes=sharding, absmax=absmax, block_size=state_leaf.block_size)
-    if isinstance(state_leaf, FactoredMoment):  # row/column statistics: small, replicated
-        return jax.tree.map(lambda _: _replicated(sharding), state_leaf)
+    if isinstance(state_leaf, FactoredMoment):  # row/column statistics: split like the leaf's other axes
+        return factored_shardings(state_leaf, sharding) or jax.tree.map(lambda _: _replicated(sharding), state_leaf)
     return sharding
 
 
 def _absmax_sharding(q: QuantizedArray, sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
-    """absmax holds one scale per block of the row-major flattening: it can follow a leaf split along its
-    first axis only, and only when every shard holds whole blocks; otherwise it is replicated."""
-    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
-        return _replicated(sharding)
-    if any(entry is not None for entry in sharding.spec[1:]):
-        return _replicated(sharding)
-    shards = math.prod(sharding.mesh.shape[a] for a in _axes(sharding.spec[0]))
-    size = math.prod(q.shape)
-    if size % shards or (size // shards) % q.block_size:
-        return _replicated(sharding)
-    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
-
-
-def _axes(entry: Any) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+    """absmax holds one scale per block of the row-major flattening (see quantization.absmax_sharding)."""
+    return absmax_sharding(sharding, q.shape, q.block_size) or _replicated(sharding)
 
 
 def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpec:
@@ -172,27 +158,18 @@ def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpe
     base = _named_sharding(leaf)
     spec = list(base.spec) if base is not None and base.mesh.axis_names == mesh.axis_names else []
     spec += [None] * (len(shape) - len(spec))
-    if math.prod(shape) < min_size or any(axis in _axes(entry) for entry in spec):
-        return _normal_form(spec, mesh)
+    if math.prod(shape) < min_size or any(axis in mesh_axes(entry) for entry in spec):
+        return normal_form(spec, mesh)
     size = mesh.shape[axis]
     best, best_len = None, 0
     for d, n in enumerate(shape):
-        already = math.prod(mesh.shape[a] for a in _axes(spec[d]))
+        already = math.prod(mesh.shape[a] for a in mesh_axes(spec[d]))
         local = n // already
         if n % (already * size) == 0 and local > best_len:
             best, best_len = d, local
     if best is not None:
-        spec[best] = _axes(spec[best]) + (axis,) if spec[best] is not None else axis
-    return _normal_form(spec, mesh)
-
-
-def _normal_form(spec: list, mesh: Mesh) -> PartitionSpec:
-    # P('data', None) and P('data') place data alike, but jit's cache tells them apart: use the form
-    # jit gives back (one entry per dimension with explicit mesh axes, no trailing None with auto ones).
-    if not mesh.are_all_axes_explicit:
-        while spec and spec[-1] is None:
-            spec.pop()
-    return PartitionSpec(*spec)
+        spec[best] = mesh_axes(spec[best]) + (axis,) if spec[best] is not None else axis
+    return normal_form(spec, mesh)
 
 
 def zero1_shardings(abstract_state: Any, mesh: Mesh, axis: str, *, min_size: int = 1024) -> Any:

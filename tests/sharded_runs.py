@@ -12,6 +12,7 @@ import os
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -264,7 +265,76 @@ def data_parallel_runs():
     return {'device_count': jax.device_count(), 'zero1': info, 'pmap': pmap}
 
 
-SECTIONS = {'follow': follow_runs, 'data_parallel': data_parallel_runs}
+# ---------------------------------------------------------------- 4. 8-bit and factored state, eager init
+
+QUANTIZED_LAYOUTS = {  # (shape, spec): the four ways a leaf's blocks can meet its shards
+    'rows, whole blocks': ((64, 256), P('data', None)),
+    'rows and columns': ((64, 256), P('data', 'model')),
+    'columns': ((256, 128), P(None, 'model')),
+    'rows, blocks across shards': ((40, 130), P('data', None)),  # 1300 elements per shard, a partial last block
+}
+EAGER_INIT_OPTIMIZERS = {
+    'adafactor': lambda: adam_jax.adafactor(1e-2),
+    'factored_nu': lambda: adam_jax.adam(1e-2, nu_dtype=adam_jax.Factored()),
+    'temporal_average': lambda: optax.chain(adam_jax.adam(1e-2), adam_jax.temporal_average(0.999)),
+    'skip_nonfinite_8bit': lambda: adam_jax.skip_nonfinite(adam_jax.adam(1e-2, mu_dtype='int8', nu_dtype='uint8')),
+}
+
+
+def quantized_case(shape, spec):
+    """8-bit moments of one leaf on explicit axes (jax.make_mesh's default): eager init, a plain donated jit."""
+    mesh = jax.make_mesh((4, 2), ('data', 'model'))
+    small = adam_jax.BlockQuantized(min_size=0)
+    opt = adam_jax.adam(1e-2, mu_dtype=small, nu_dtype=dataclasses.replace(small, signed=False))
+    host = {'w': np.random.default_rng(2).normal(size=shape).astype(np.float32)}
+    params = jax.device_put(host, {'w': NamedSharding(mesh, spec)})
+    wanted = adam_jax.state_shardings(opt, params)
+    step = quadratic_step(opt)
+    params, state = run_steps(step, params, opt.init(params))
+    ref_params = jax.device_put(host, jax.devices()[0])
+    ref = run_steps(quadratic_step(opt), ref_params, opt.init(ref_params))
+    pairs = zip(jax.tree.leaves((params, state)), jax.tree.leaves(ref))
+    return {
+        'compiles': step._cache_size(),
+        'state': by_path(state),
+        'state_shardings': {
+            jax.tree_util.keystr(k): padded_spec(v.spec, 1 if 'absmax' in jax.tree_util.keystr(k) else len(shape))
+            for k, v in jax.tree_util.tree_flatten_with_path(wanted)[0]
+        },
+        'params': by_path(params),
+        'equal_single_device': all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs),
+    }
+
+
+def eager_init_case(name, axis_type):
+    mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=(axis_type, axis_type))
+    opt = EAGER_INIT_OPTIMIZERS[name]()
+    # specs as jit hands them back: one entry per dim on explicit axes, no trailing None on auto ones
+    rows = P('data', None) if axis_type == AxisType.Explicit else P('data')
+    specs = {'e': P(None, 'model'), 'b': P('model'), 'w': rows}
+    shapes = {'e': (256, 128), 'b': (256,), 'w': (64, 256)}
+    host = {k: np.random.default_rng(3).normal(size=shapes[k]).astype(np.float32) for k in shapes}
+    params = jax.device_put(host, {k: NamedSharding(mesh, v) for k, v in specs.items()})
+    state = opt.init(params)
+    out = {'init': by_path(state)}
+    step = quadratic_step(opt)  # donates params and state: it crashed on explicit axes with unplaced zeros
+    params, state = run_steps(step, params, state)
+    out['after_steps'] = by_path(state)
+    out['compiles'] = step._cache_size()
+    return out
+
+
+def placement_runs():
+    result = {'device_count': jax.device_count()}
+    for name, (shape, spec) in QUANTIZED_LAYOUTS.items():
+        result[f'quantized/{name}'] = quantized_case(shape, spec)
+    for name in EAGER_INIT_OPTIMIZERS:
+        for axis_type in (AxisType.Explicit, AxisType.Auto):
+            result[f'eager_init/{name}/{axis_type.name.lower()}'] = eager_init_case(name, axis_type)
+    return result
+
+
+SECTIONS = {'follow': follow_runs, 'data_parallel': data_parallel_runs, 'placement': placement_runs}
 
 
 def main():
