@@ -154,7 +154,14 @@ def _absmax_sharding(q: QuantizedArray, sharding: jax.sharding.Sharding) -> jax.
 
 
 def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpec:
-    shape = tuple(getattr(leaf, 'shape', ()))
+    if not hasattr(leaf, 'shape'):
+        raise TypeError(
+            'zero1_shardings needs the abstract state (leaves with .shape, e.g. jax.eval_shape(opt.init, params)), '
+            f'got a leaf {leaf!r}. To keep shardings the abstract state lacks (on Auto axes jax.eval_shape returns '
+            'none), pass jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), '
+            'jax.eval_shape(opt.init, params), adam_jax.state_shardings(opt, params)).'
+        )
+    shape = tuple(leaf.shape)
     base = _named_sharding(leaf)
     spec = list(base.spec) if base is not None and base.mesh.axis_names == mesh.axis_names else []
     spec += [None] * (len(shape) - len(spec))

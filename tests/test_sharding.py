@@ -264,6 +264,15 @@ def test_zero1_shardings_keeps_the_state_structure():
     assert shardings[0][0].nu['b'].spec == P()
 
 
+def test_zero1_refuses_shardings_where_the_abstract_state_belongs():
+    # A tree of shardings (e.g. state_shardings' result) has no shapes: every leaf used to come back replicated.
+    mesh = jax.make_mesh((1,), ('data',))
+    opt = adam_jax.adam(1e-3)
+    params = {'w': jax.device_put(jnp.ones((4, 4)), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))}
+    with pytest.raises(TypeError, match=r'zero1_shardings needs the abstract state.*state_shardings\(opt, params\)'):
+        adam_jax.zero1_shardings(adam_jax.state_shardings(opt, params), mesh, 'data')
+
+
 def test_zero1_rejects_an_unknown_axis():
     with pytest.raises(ValueError, match=r"axis must be one of the mesh axes \('data', 'model'\), got 'batch'"):
         adam_jax.zero1_shardings({'x': _sds((8,))}, MESH, 'batch')

@@ -14,7 +14,7 @@ params and moments in the buffers it was given (donate them, see :func:`adam_jax
   updates and requantizes each block in cache, 16 B/param (leaves below ``min_size`` keep float32
   moments and take the first kernel).
 
-Anywhere else (GPU/TPU, a mesh of several CPU devices, other dtypes, bf16 or factored moments, a mask of
+Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
 arrays, ``eps=0``, a float64 hyperparameter under ``jax_enable_x64``, no kernel) ``step`` is ``update``
 followed by ``optax.apply_updates``, the composed chain under jit.
 
