@@ -216,4 +216,30 @@ def zero1_shardings(abstract_state: Any, mesh: Mesh, axis: str, *, min_size: int
     if axis not in mesh.axis_names:
         raise ValueError(f'axis must be one of the mesh axes {tuple(mesh.axis_names)}, got {axis!r}.')
     _checks.check_nonnegative('min_size', min_size)
-    return jax.tree.map(lambda leaf: NamedSharding(mesh, _zero1_spec(leaf, mesh, axis, min_size)), abstract_state)
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, QuantizedArray):
+            return _zero1_quantized(leaf, mesh, axis, min_size)
+        return NamedSharding(mesh, _zero1_spec(leaf, mesh, axis, min_size))
+
+    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, QuantizedArray))
+
+
+def _zero1_quantized(q: QuantizedArray, mesh: Mesh, axis: str, min_size: int) -> QuantizedArray:
+    """8-bit codes and their absmax split together: by rows, when each device then holds whole blocks of the
+    row-major flattening (absmax split the same way, no communication between them); else each on its own."""
+    codes, absmax = q.codes, q.absmax
+    if not hasattr(codes, 'shape'):
+        _zero1_spec(codes, mesh, axis, min_size)  # raises its TypeError
+    base = _named_sharding(codes)
+    unsharded = base is None or all(entry is None for entry in base.spec)
+    size, shards = math.prod(codes.shape), mesh.shape[axis]
+    if unsharded and codes.shape and size >= min_size and codes.shape[0] % shards == 0:
+        rows = NamedSharding(mesh, normal_form([axis] + [None] * (len(codes.shape) - 1), mesh))
+        if absmax_sharding(rows, codes.shape, q.block_size).spec == PartitionSpec(axis):
+            return QuantizedArray(codes=rows, absmax=NamedSharding(mesh, PartitionSpec(axis)), block_size=q.block_size)
+    return QuantizedArray(
+        codes=NamedSharding(mesh, _zero1_spec(codes, mesh, axis, min_size)),
+        absmax=NamedSharding(mesh, _zero1_spec(absmax, mesh, axis, min_size)),
+        block_size=q.block_size,
+    )
