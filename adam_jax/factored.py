@@ -183,6 +183,7 @@ def scale_by_factored_rms(
         raise ValueError(f'decay_offset must be a whole number of steps, got {decay_offset!r}.')
     _checks.check_int('min_dim_size_to_factor', min_dim_size_to_factor)
     _checks.check_nonnegative('eps', eps)
+    _checks.check_bool('factored', factored)
 
     def init(params):
         check_inexact_leaves('scale_by_factored_rms', params)

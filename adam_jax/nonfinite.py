@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax.moments import saturating_increment
+from adam_jax.moments import Moments, saturating_increment
 from adam_jax.sharding import replicated_zero
 
 
@@ -73,6 +73,11 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         new_updates, new_inner = optax.with_extra_args_support(inner).update(
             updates, state.inner_state, params, **extra_args
         )
+        if isinstance(new_updates, Moments):
+            raise TypeError(
+                'skip_nonfinite wraps a whole optimizer (its updates must be params-shaped), but the transform it '
+                'wraps ends in the moment stage. Wrap the whole chain, e.g. skip_nonfinite(adam_jax.adam(1e-3)).'
+            )
         new_updates = jax.tree.map(lambda u: jnp.where(finite, u, _no_move(u)), new_updates)
         new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, state.inner_state)
         num_skipped = jnp.where(finite, state.num_skipped, saturating_increment(state.num_skipped))

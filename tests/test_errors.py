@@ -93,6 +93,7 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
         (lambda: adam_jax.radam(1e-3, nesterov=1), 'nesterov', 'got 1'),
         (lambda: adam_jax.amsgrad(1e-3, bias_correction_mu='no'), 'bias_correction_mu', "got 'no'"),
         (lambda: adam_jax.adafactor(factored='yes'), 'factored', "got 'yes'"),
+        (lambda: adam_jax.scale_by_factored_rms(factored='no'), 'factored', "got 'no'"),
         (lambda: adam_jax.bias_correct(nu=None), 'nu', 'got None'),
         (lambda: adam_jax.scale_by_rms(eps_on_raw_nu='true'), 'eps_on_raw_nu', "got 'true'"),
         (lambda: adam_jax.scale_by_moments(precise_corrections=0), 'precise_corrections', 'got 0'),
@@ -221,8 +222,23 @@ def test_an_optax_transform_inside_the_moment_stage_raises_type_error(inside, te
     params = {'w': jnp.ones(2)}
     chain = optax.chain(scale_by_moments(), inside, bias_correct(), scale_by_rms())
     state = chain.init(params)
-    with pytest.raises(TypeError, match=text):
+    # clip_by_global_norm reads .real: an AttributeError (so hasattr keeps working) with the same message.
+    with pytest.raises((TypeError, AttributeError), match=text):
         chain.update({'w': jnp.array([3.0, -4.0])}, state, params)
+
+
+def test_skip_nonfinite_around_the_moment_stage_alone_says_to_wrap_the_whole_optimizer():
+    params = {'w': jnp.ones(2)}
+    opt = optax.chain(adam_jax.skip_nonfinite(scale_by_moments()), bias_correct(), scale_by_rms())
+    with pytest.raises(TypeError, match=r'skip_nonfinite wraps a whole optimizer.*skip_nonfinite\(adam_jax.adam'):
+        opt.update(params, opt.init(params), params)
+
+
+def test_moments_answer_hasattr_like_any_object():
+    params = {'w': jnp.ones(2)}
+    moments, _ = scale_by_moments().update(params, scale_by_moments().init(params), params)
+    assert not hasattr(moments, 'shape') and getattr(moments, 'dtype', None) is None
+    assert moments.count == 1 and moments.b1 == 0.9  # its own fields as ever
 
 
 def test_a_chain_that_never_ends_the_moment_stage_raises_type_error():
