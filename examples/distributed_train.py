@@ -149,8 +149,8 @@ def train(steps: int, batch_size: int, learning_rate: float, zero1: bool) -> dic
     mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     losses = []
     for t in range(steps):
-        start = (t * batch_size) % SAMPLES
-        xb, yb = x_all[start : start + batch_size][mine], y_all[start : start + batch_size][mine]
+        batch = np.arange(t * batch_size, (t + 1) * batch_size) % SAMPLES  # wraps around the data set
+        xb, yb = x_all[batch][mine], y_all[batch][mine]
         x = jax.make_array_from_process_local_data(rows, xb, (batch_size, FEATURES))
         y = jax.make_array_from_process_local_data(rows, yb, (batch_size,))
         params, state, loss = step(params, state, x, y)
@@ -183,9 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--zero1', action='store_true', help='partition the optimizer state over the data axis')
     parser.add_argument('--out', type=Path, help='write the result here (process 0) instead of printing it')
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f'--steps must be a positive integer, got {args.steps}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be a positive integer, got {args.batch_size}')
 
     if args.num_processes > 1:
         init_distributed(args.coordinator, args.num_processes, args.process_id, args.timeout)
+    if args.batch_size % jax.device_count():
+        parser.error(f'--batch-size must be a multiple of the {jax.device_count()} devices, got {args.batch_size}')
     result = train(args.steps, args.batch_size, args.learning_rate, args.zero1)
     if jax.process_index() == 0:
         text = json.dumps(result)

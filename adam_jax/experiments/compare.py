@@ -122,7 +122,14 @@ def compare(
         name=f'compare-{task}',
         title=f'{task}: ' + ', '.join(names) + (' [quick]' if quick else ''),
         curves=curves,
-        verdict=Verdict(f'fastest on {task}: {ranking[0].label}', None, evidence),
+        verdict=Verdict(
+            f'fastest on {task}: {ranking[0].label}'
+            if np.isfinite(speed(ranking[0]))
+            else f'no optimizer stayed finite on {task}',
+            None,
+            evidence,
+            judged=False,
+        ),
         config={'task': task, 'epochs': epochs, 'seed': seed, 'quick': quick, 'learning_rates': lrs},
         grid=rows,
         y_scale='log',

@@ -52,15 +52,19 @@ class Verdict:
 
     ``holds`` is ``True`` (reproduced), ``False`` (not reproduced on our data)
     or ``None`` (the numbers cannot decide, e.g. a tie on a coarse grid).
-    ``evidence`` gives the measured numbers the decision was made from.
+    ``evidence`` gives the measured numbers the decision was made from. ``judged=False`` marks a finding
+    with no claim to judge (``adam-jax compare``'s ranking): its word is ``MEASURED``.
     """
 
     claim: str
     holds: bool | None
     evidence: str
+    judged: bool = True
 
     @property
     def word(self) -> str:
+        if not self.judged:
+            return 'MEASURED'
         return {True: 'REPRODUCED', False: 'NOT REPRODUCED', None: 'INCONCLUSIVE'}[self.holds]
 
 
