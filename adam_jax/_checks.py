@@ -115,7 +115,12 @@ def check_int(name: str, value: Any, minimum: int = 1) -> None:
     """A count or size: a Python or NumPy integer >= ``minimum`` (not a bool)."""
     if is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
         kind = {1: 'a positive int', 0: 'a non-negative int'}.get(minimum, f'an int >= {minimum}')
-        raise ValueError(f'{name} must be {kind}, got {value!r}.')
+        hint = (
+            '; a size cannot be an array (with optax.inject_hyperparams, list it in static_args)'
+            if hasattr(value, 'shape') and not isinstance(value, numbers.Integral)
+            else ''
+        )
+        raise ValueError(f'{name} must be {kind}, got {value!r}{hint}.')
 
 
 def check_bool(name: str, value: Any) -> None:

@@ -14,6 +14,7 @@ bit, where ``1 - b2**t`` in float32 loses about 5 digits to cancellation for sma
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple
 
 import chex
@@ -106,5 +107,18 @@ def averaged_params(opt_state: Any, like: optax.Params | None = None) -> optax.P
     theta_hat = jax.tree.map(lambda bar: bar / state.correction.astype(real_dtype(bar.dtype)), state.theta_bar)
     if like is None:
         return theta_hat
-    leaves = [jnp.asarray(x, p.dtype) for p, x in zip(jax.tree.leaves(like), jax.tree.leaves(theta_hat))]
+    ours = jax.tree_util.tree_flatten_with_path(theta_hat)[0]
+    theirs = jax.tree_util.tree_flatten_with_path(like)[0]
+    for (path, x), (like_path, p) in itertools.zip_longest(ours, theirs, fillvalue=(None, None)):
+        where = jax.tree_util.keystr(path if path is not None else like_path)
+        if path is None or like_path is None or where != jax.tree_util.keystr(like_path):
+            raise ValueError(
+                f'averaged_params: like must have the paths of the averaged params; they differ at {where} '
+                f'(averaged: {len(ours)} leaves, like: {len(theirs)}).'
+            )
+        if tuple(jnp.shape(p)) != tuple(x.shape):
+            raise ValueError(
+                f'averaged_params: like{where} has shape {tuple(jnp.shape(p))}, the average has {tuple(x.shape)}.'
+            )
+    leaves = [jnp.asarray(x, p.dtype) for (_, x), (_, p) in zip(ours, theirs)]
     return jax.tree.unflatten(jax.tree.structure(like), leaves)

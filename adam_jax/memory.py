@@ -6,6 +6,7 @@ import math
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from adam_jax import factored, quantization
@@ -26,8 +27,20 @@ class StateBytes(NamedTuple):
     by_kind: dict[str, int]
 
 
+def _is_key(dtype: Any) -> bool:
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _itemsize(dtype: Any) -> int:
+    return dtype.itemsize if _is_key(dtype) else np.dtype(dtype).itemsize  # a typed PRNG key: its key data
+
+
+def _kind(dtype: Any) -> str:
+    return str(dtype) if _is_key(dtype) else np.dtype(dtype).name
+
+
 def _nbytes(x: Any) -> int:
-    return math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    return math.prod(x.shape) * _itemsize(x.dtype)
 
 
 def state_nbytes(state: Any) -> StateBytes:
@@ -52,7 +65,10 @@ def state_nbytes(state: Any) -> StateBytes:
             add(f'{np.dtype(leaf.codes.dtype).name} codes', _nbytes(leaf.codes))
             add('absmax', _nbytes(leaf.absmax))
         elif hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
-            add(np.dtype(leaf.dtype).name, _nbytes(leaf))
+            add(_kind(leaf.dtype), _nbytes(leaf))
+        elif isinstance(leaf, (bool, int, float, complex)) and not isinstance(leaf, np.generic):
+            scalar = jax.eval_shape(jnp.asarray, leaf)  # a Python number (flax TrainState's step before a step)
+            add(_kind(scalar.dtype), _nbytes(scalar))
         else:
             raise TypeError(
                 f'state_nbytes counts arrays (or jax.ShapeDtypeStruct), and the state holds {leaf!r} of type '

@@ -35,7 +35,10 @@ def all_finite(tree: Any) -> chex.Array:
 
 
 def _no_move(u: chex.Array) -> chex.Array:
-    # x + (-0.0) == x bit for bit for every x (+0.0 included), unlike x + 0.0, which turns -0.0 into +0.0.
+    # x + (-0.0) == x bit for bit for every x (+0.0 included), unlike x + 0.0, which turns -0.0 into +0.0; for
+    # complex x both parts need the -0.0 (a complex -0.0 alone is -0 + 0j, which turns an imaginary -0 into +0).
+    if jnp.iscomplexobj(u):
+        return jnp.full_like(u, jax.lax.complex(-0.0, -0.0))
     return jnp.full_like(u, -0.0)
 
 

@@ -46,7 +46,9 @@ def make_train_step(
       has_aux: ``loss_fn`` returns ``(loss, aux)``; the step then returns ``(params, state, loss, aux)``.
 
     The arguments ``params`` and ``opt_state`` are donated: do not use the arrays passed in after the
-    call, use the ones it returns.
+    call, use the ones it returns. ``params`` must be floating point (``jax.grad`` refuses integer leaves, even
+    ones an ``optax.multi_transform`` would leave alone): keep integers out of the params tree. The batch is
+    passed positionally.
     """
     if not callable(loss_fn):
         raise TypeError(f'loss_fn must be a function loss_fn(params, *batch), got {loss_fn!r}.')

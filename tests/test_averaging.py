@@ -68,3 +68,16 @@ def test_averaged_params_needs_exactly_one_average_in_the_state():
     tx = adam_jax.temporal_average()
     with pytest.raises(ValueError, match='temporal_average needs the params'):
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def test_averaged_params_refuses_a_like_of_other_paths_or_shapes():
+    # like used to be paired with the average by position: a missing leaf shifted every value to another key.
+    params = {'a': jnp.ones(2), 'b': 2 * jnp.ones(3)}
+    opt = optax.chain(adam_jax.adam(1e-1), adam_jax.temporal_average(0.5))
+    _, state = opt.update(params, opt.init(params), params)
+    with pytest.raises(ValueError, match=r"like must have the paths of the averaged params; they differ at \['a'\]"):
+        adam_jax.averaged_params(state, like={'b': jnp.ones(3)})
+    with pytest.raises(ValueError, match=r"like\['a'\] has shape \(3,\), the average has \(2,\)"):
+        adam_jax.averaged_params(state, like={'a': jnp.ones(3), 'b': jnp.ones(2)})
+    got = adam_jax.averaged_params(state, like={'a': jnp.ones(2, jnp.bfloat16), 'b': jnp.ones(3)})
+    assert got['a'].dtype == jnp.bfloat16 and got['b'].shape == (3,)

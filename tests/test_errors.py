@@ -128,6 +128,15 @@ def test_flags_accept_python_and_numpy_booleans_and_nadam_takes_nesterov_like_op
     assert not np.array_equal(first_update(adam_jax.nadam(1e-2)), first_update(adam_jax.adam(1e-2)))
 
 
+def test_inject_hyperparams_of_adafactor_says_to_keep_its_sizes_static():
+    params = {'w': jnp.ones((256, 200))}
+    with pytest.raises(ValueError, match=r'min_dim_size_to_factor must be a positive int.*static_args'):
+        optax.inject_hyperparams(adam_jax.adafactor)(learning_rate=1e-2).init(params)
+    opt = optax.inject_hyperparams(adam_jax.adafactor, static_args=('min_dim_size_to_factor',))(learning_rate=1e-2)
+    updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+    assert updates['w'].shape == (256, 200)
+
+
 def test_numpy_integers_are_sizes():
     assert adam_jax.BlockQuantized(block_size=np.int64(128)).block_size == 128
     assert type(adam_jax.BlockQuantized(block_size=np.int64(128)).block_size) is int

@@ -45,3 +45,15 @@ def test_factored_state_and_concrete_arrays():
         'int8 codes': 256 * 512,
     }
     assert got.total == sum(got.by_kind.values())
+
+
+def test_typed_prng_keys_and_python_numbers_are_counted():
+    # optax.add_noise keeps a typed key (its dtype is no NumPy dtype), flax's TrainState starts with step=0.
+    import optax
+
+    opt = optax.chain(optax.add_noise(0.1, 0.55, 0), adam_jax.adam(1e-3))
+    params = {'w': jnp.ones(3)}
+    for state in (opt.init(params), jax.eval_shape(opt.init, params)):
+        got = adam_jax.state_nbytes(state)
+        assert got.by_kind == {'float32': 24, 'int32': 8, 'key<fry>': 8} and got.total == 40
+    assert adam_jax.state_nbytes({'step': 0, 'x': jnp.ones(2)}).by_kind == {'float32': 8, 'int32': 4}

@@ -79,3 +79,14 @@ def test_agrees_with_optax_apply_if_finite_on_the_params():
     theirs = _run(optax.apply_if_finite(optax.adam(1e-2), max_consecutive_errors=10), params, grads)[-1][0]
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_skipped_step_leaves_complex_params_bitwise_alone():
+    # The "no move" update was -0 + 0j for complex params, which turned an imaginary -0.0 into +0.0.
+    params = {'w': jax.lax.complex(jnp.array([1.0, -2.0]), jnp.array([-0.0, 0.0]))}
+    opt = adam_jax.skip_nonfinite(adam_jax.adam(1e-2))
+    updates, state = opt.update({'w': jnp.array([jnp.nan, 1.0], jnp.complex64)}, opt.init(params), params)
+    new = optax.apply_updates(params, updates)['w']
+    assert bool(state.last_skipped)
+    np.testing.assert_array_equal(np.signbit(np.asarray(new).imag), [True, False])
+    np.testing.assert_array_equal(np.signbit(np.asarray(new).real), [False, True])
