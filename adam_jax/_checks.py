@@ -155,6 +155,8 @@ def float_dtype(name: str, value: Any, *, complex_ok: bool = True, others: str =
         ', complex64, complex128)' if complex_ok else ')'
     )
     message = f'{name} must be {allowed}{others} or None, got {value!r}.'
+    if isinstance(value, (jax.Array, np.ndarray)):  # optax.inject_hyperparams turns a dtype argument into one
+        value = value.dtype
     try:
         dtype = jnp.dtype(value)
     except TypeError:
