@@ -69,7 +69,8 @@ class GridRun:
     wall_time: float
 
     def point(self, i: int) -> dict[str, float]:
-        return {k: float(v[i]) for k, v in self.grid.items()}
+        # The shortest decimal that names the float32 value the run used (0.003, not 0.003000000026077032).
+        return {k: float(str(np.float32(v[i]))) for k, v in self.grid.items()}
 
     def curve(self, i: int, label: str, group: str = '') -> Curve:
         """Grid point ``i`` as a :class:`Curve` (training cost and test accuracy per epoch)."""
