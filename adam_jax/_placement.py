@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def mesh_axes(entry: Any) -> tuple[str, ...]:
@@ -58,3 +59,42 @@ def without_dim(sharding: Any, ndim: int, dim: int) -> jax.sharding.Sharding | N
     if isinstance(sharding, jax.sharding.SingleDeviceSharding):
         return sharding
     return None
+
+
+def named_sharding(x: Any) -> NamedSharding | None:
+    """The NamedSharding of an array, tracer or ShapeDtypeStruct, or None."""
+    if isinstance(x, jax.core.Tracer):
+        sharding = getattr(jax.typeof(x), 'sharding', None)
+    else:
+        sharding = getattr(x, 'sharding', None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def _scalar_sharding(leaf: Any) -> jax.sharding.Sharding | None:
+    """Where a scalar belongs next to ``leaf``: replicated on its mesh, or on its device if committed to one."""
+    if isinstance(leaf, jax.core.Tracer):  # carries an abstract mesh (empty outside a mesh context)
+        sharding = named_sharding(leaf)
+        return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+    # Arrays that jax may still move (uncommitted) leave the scalar on the default device too.
+    if not getattr(leaf, '_committed', True):
+        return None
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    return None
+
+
+def replicated_zero(params: Any, dtype: Any) -> jax.Array:
+    """A scalar zero placed where the params are: replicated on their mesh, or on their device.
+
+    A step count left uncommitted on the default device would come back from
+    the first jitted step committed to the params' devices, and the step would
+    compile a second time.
+    """
+    for leaf in jax.tree.leaves(params):
+        sharding = _scalar_sharding(leaf)
+        if sharding is not None:
+            return jax.lax.full((), 0, jnp.dtype(dtype), sharding=sharding)
+    return jnp.zeros([], dtype)

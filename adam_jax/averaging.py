@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
+from adam_jax._placement import replicated_zero
 from adam_jax._tree import compute_dtype, real_dtype
 from adam_jax.moments import saturating_increment
-from adam_jax.sharding import replicated_zero
 
 
 class TemporalAverageState(NamedTuple):

@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, factored, quantization
+from adam_jax._placement import replicated_zero
 from adam_jax._tree import real_dtype
 from adam_jax.moments import require_moments, saturating_increment
-from adam_jax.sharding import replicated_zero
 
 
 def correction_dtype(dtype) -> np.dtype:

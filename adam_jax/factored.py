@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks
-from adam_jax._placement import placed_sharding, without_dim
+from adam_jax._placement import placed_sharding, replicated_zero, without_dim
 from adam_jax._tree import abs_sq, check_inexact_leaves, real_dtype, register_flax_serialization, without_variables
 
 
@@ -104,12 +104,6 @@ def is_factored(x: Any) -> bool:
     return isinstance(x, FactoredMoment)
 
 
-def _replicated_zero(params: Any, dtype: Any) -> jax.Array:
-    from adam_jax.sharding import replicated_zero  # adam_jax.sharding imports this module
-
-    return replicated_zero(params, dtype)
-
-
 def zeros_like(leaf: Any, min_dim_size_to_factor: int, dtype: Any) -> FactoredMoment:
     """Zero statistics for ``leaf`` (which must be factorable), replicated on its mesh (or on its device) when it
     has been placed there, as :func:`adam_jax.state_shardings` places them."""
@@ -119,21 +113,21 @@ def zeros_like(leaf: Any, min_dim_size_to_factor: int, dtype: Any) -> FactoredMo
     shape = tuple(leaf.shape)
     row_shape = shape[:largest] + shape[largest + 1 :]
     col_shape = shape[:second] + shape[second + 1 :]
-    where = factored_shardings(FactoredMoment(row_shape, col_shape, axes), placed_sharding(leaf))
+    where = factored_shardings(placed_sharding(leaf), len(shape), axes)
     if where is None:
         return FactoredMoment(jnp.zeros(row_shape, dtype), jnp.zeros(col_shape, dtype), axes)
-    zeros = [jax.lax.full(s, 0, dtype, sharding=w) for s, w in ((row_shape, where.row), (col_shape, where.col))]
+    zeros = [jax.lax.full(s, 0, dtype, sharding=w) for s, w in zip((row_shape, col_shape), where)]
     return FactoredMoment(*zeros, axes)
 
 
-def factored_shardings(moment: FactoredMoment, sharding: Any) -> FactoredMoment | None:
-    """Where the statistics of a leaf with ``sharding`` go: each keeps the mesh axes of the leaf's dimensions it
-    keeps (the row statistics drop the largest axis, the column ones the second largest), as XLA places the means
-    the update takes; None for a leaf not placed on a mesh or a device."""
-    second, largest = moment.axes
-    ndim = len(getattr(moment.row, 'shape', moment.row)) + 1
+def factored_shardings(sharding: Any, ndim: int, axes: tuple[int, int]) -> tuple[Any, Any] | None:
+    """Where the (row, column) statistics of an ``ndim``-dimensional leaf with ``sharding`` go: each keeps the mesh
+    axes of the leaf's dimensions it keeps (the row statistics drop the largest axis, ``axes[1]``, the column
+    ones the second largest), as XLA places the means the update takes; None for a leaf not placed on a mesh
+    or a device."""
+    second, largest = axes
     row, col = without_dim(sharding, ndim, largest), without_dim(sharding, ndim, second)
-    return None if row is None else FactoredMoment(row, col, moment.axes)
+    return None if row is None else (row, col)
 
 
 def decay_rate_pow(step: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:
@@ -195,7 +189,7 @@ def scale_by_factored_rms(
                 return zeros_like(p, min_dim_size_to_factor, dtype)
             return jnp.zeros_like(p, dtype=dtype)  # follows the sharding of a placed leaf
 
-        return FactoredRmsState(count=_replicated_zero(params, jnp.int32), nu=jax.tree.map(one, params))
+        return FactoredRmsState(count=replicated_zero(params, jnp.int32), nu=jax.tree.map(one, params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

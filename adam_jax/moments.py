@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, factored, quantization
+from adam_jax._placement import replicated_zero
 from adam_jax._tree import (
     abs_sq,
     check_inexact_leaves,
@@ -33,7 +34,6 @@ from adam_jax._tree import (
     real_dtype,
     without_variables,
 )
-from adam_jax.sharding import replicated_zero
 
 SECOND_MOMENTS = ('square', 'max', 'belief')
 _INT32_MAX = jnp.iinfo(jnp.int32).max

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
+from adam_jax._placement import replicated_zero
 from adam_jax.moments import Moments, saturating_increment
-from adam_jax.sharding import replicated_zero
 
 
 class SkipNonfiniteState(NamedTuple):

@@ -181,7 +181,7 @@ def zeros_like(leaf: Any, spec: BlockQuantized) -> QuantizedArray:
     )
 
 
-def _whole_block_shards(sharding: NamedSharding, shape: tuple[int, ...], block_size: int) -> bool:
+def whole_block_shards(sharding: NamedSharding, shape: tuple[int, ...], block_size: int) -> bool:
     """Whether a leaf with ``sharding`` is split along its first axis only, into shards of whole blocks: then its
     blocks (and their absmax) split the same way, and quantizing it needs no communication."""
     spec = tuple(sharding.spec)
@@ -196,11 +196,11 @@ def absmax_sharding(sharding: Any, shape: tuple[int, ...], block_size: int) -> j
     """Where the absmax of a quantized leaf of ``shape`` lives when its codes have ``sharding``.
 
     absmax holds one scale per block of the row-major flattening: it is split like the leaf's first axis when
-    each shard holds whole blocks (:func:`_whole_block_shards`), and replicated on the leaf's mesh otherwise;
+    each shard holds whole blocks (:func:`whole_block_shards`), and replicated on the leaf's mesh otherwise;
     on the leaf's device for a single-device leaf. None for other kinds of sharding.
     """
     if isinstance(sharding, NamedSharding):
-        if _whole_block_shards(sharding, shape, block_size):
+        if whole_block_shards(sharding, shape, block_size):
             return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
         return NamedSharding(sharding.mesh, normal_form([None], sharding.mesh))  # replicated
     if isinstance(sharding, jax.sharding.SingleDeviceSharding):
@@ -221,7 +221,7 @@ def _blocks(x: jax.Array, block_size: int) -> jax.Array:
     """
     sharding = explicit_sharding(x)
     if sharding is not None:
-        if _whole_block_shards(sharding, x.shape, block_size):
+        if whole_block_shards(sharding, x.shape, block_size):
             rows = sharding.spec[0]
             flat = jnp.reshape(x, (-1,), out_sharding=NamedSharding(sharding.mesh, PartitionSpec(rows)))
             return jnp.reshape(flat, (-1, block_size), out_sharding=NamedSharding(sharding.mesh, PartitionSpec(rows)))
@@ -329,12 +329,12 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         values = jnp.copysign(decode(jnp.abs(codes), True), codes)
     else:
         values = decode(codes, False)
-    absmax = q.absmax
-    split = explicit_sharding(codes)
-    if explicit_sharding(q.codes) is not None:  # explicit axes: absmax split like the blocks' rows, or replicated
+    absmax, leaf = q.absmax, explicit_sharding(q.codes)
+    if leaf is not None:  # explicit axes: absmax split like the blocks' rows, or replicated
+        split = explicit_sharding(codes)
         rows = PartitionSpec(split.spec[0]) if split is not None else PartitionSpec()
-        absmax = jax.sharding.reshard(absmax, NamedSharding(jax.typeof(q.codes).sharding.mesh, rows))
-    return _unblock(values * absmax[:, None], q.shape, explicit_sharding(q.codes))
+        absmax = jax.sharding.reshard(absmax, NamedSharding(leaf.mesh, rows))
+    return _unblock(values * absmax[:, None], q.shape, leaf)
 
 
 def dynamic_map(signed: bool) -> np.ndarray:

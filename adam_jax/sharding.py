@@ -30,53 +30,13 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adam_jax import _checks
-from adam_jax._placement import mesh_axes, normal_form
+from adam_jax._placement import mesh_axes, named_sharding, normal_form
 from adam_jax.factored import FactoredMoment, factored_shardings
-from adam_jax.quantization import QuantizedArray, absmax_sharding
-
-
-def _named_sharding(x: Any) -> NamedSharding | None:
-    """The NamedSharding of an array, tracer or ShapeDtypeStruct, or None."""
-    if isinstance(x, jax.core.Tracer):
-        sharding = getattr(jax.typeof(x), 'sharding', None)
-    else:
-        sharding = getattr(x, 'sharding', None)
-    return sharding if isinstance(sharding, NamedSharding) else None
-
-
-def _scalar_sharding(leaf: Any) -> jax.sharding.Sharding | None:
-    """Where a scalar belongs next to ``leaf``: replicated on its mesh, or on its device if committed to one."""
-    if isinstance(leaf, jax.core.Tracer):  # carries an abstract mesh (empty outside a mesh context)
-        sharding = _named_sharding(leaf)
-        return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
-    # Arrays that jax may still move (uncommitted) leave the scalar on the default device too.
-    if not getattr(leaf, '_committed', True):
-        return None
-    sharding = getattr(leaf, 'sharding', None)
-    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
-        return NamedSharding(sharding.mesh, PartitionSpec())
-    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
-        return sharding
-    return None
-
-
-def replicated_zero(params: Any, dtype: Any) -> jax.Array:
-    """A scalar zero placed where the params are: replicated on their mesh, or on their device.
-
-    A step count left uncommitted on the default device would come back from
-    the first jitted step committed to the params' devices, and the step would
-    compile a second time.
-    """
-    for leaf in jax.tree.leaves(params):
-        sharding = _scalar_sharding(leaf)
-        if sharding is not None:
-            return jax.lax.full((), 0, jnp.dtype(dtype), sharding=sharding)
-    return jnp.zeros([], dtype)
+from adam_jax.quantization import QuantizedArray, absmax_sharding, whole_block_shards
 
 
 def _sharding_of(x: Any) -> jax.sharding.Sharding:
@@ -144,7 +104,10 @@ def _follow(state_leaf: Any, sharding: jax.sharding.Sharding) -> Any:
         absmax = _absmax_sharding(state_leaf, sharding)
         return QuantizedArray(codes=sharding, absmax=absmax, block_size=state_leaf.block_size)
     if isinstance(state_leaf, FactoredMoment):  # row/column statistics: split like the leaf's other axes
-        return factored_shardings(state_leaf, sharding) or jax.tree.map(lambda _: _replicated(sharding), state_leaf)
+        where = factored_shardings(sharding, len(state_leaf.row.shape) + 1, state_leaf.axes)
+        if where is None:
+            return jax.tree.map(lambda _: _replicated(sharding), state_leaf)
+        return FactoredMoment(*where, state_leaf.axes)
     return sharding
 
 
@@ -153,7 +116,7 @@ def _absmax_sharding(q: QuantizedArray, sharding: jax.sharding.Sharding) -> jax.
     return absmax_sharding(sharding, q.shape, q.block_size) or _replicated(sharding)
 
 
-def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpec:
+def _require_shape(leaf: Any) -> None:
     if not hasattr(leaf, 'shape'):
         raise TypeError(
             'zero1_shardings needs the abstract state (leaves with .shape, e.g. jax.eval_shape(opt.init, params)), '
@@ -161,8 +124,12 @@ def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpe
             'none), pass jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), '
             'jax.eval_shape(opt.init, params), adam_jax.state_shardings(opt, params)).'
         )
+
+
+def _zero1_spec(leaf: Any, mesh: Mesh, axis: str, min_size: int) -> PartitionSpec:
+    _require_shape(leaf)
     shape = tuple(leaf.shape)
-    base = _named_sharding(leaf)
+    base = named_sharding(leaf)
     spec = list(base.spec) if base is not None and base.mesh.axis_names == mesh.axis_names else []
     spec += [None] * (len(shape) - len(spec))
     if math.prod(shape) < min_size or any(axis in mesh_axes(entry) for entry in spec):
@@ -229,14 +196,13 @@ def _zero1_quantized(q: QuantizedArray, mesh: Mesh, axis: str, min_size: int) ->
     """8-bit codes and their absmax split together: by rows, when each device then holds whole blocks of the
     row-major flattening (absmax split the same way, no communication between them); else each on its own."""
     codes, absmax = q.codes, q.absmax
-    if not hasattr(codes, 'shape'):
-        _zero1_spec(codes, mesh, axis, min_size)  # raises its TypeError
-    base = _named_sharding(codes)
+    _require_shape(codes)
+    base = named_sharding(codes)
     unsharded = base is None or all(entry is None for entry in base.spec)
     size, shards = math.prod(codes.shape), mesh.shape[axis]
     if unsharded and codes.shape and size >= min_size and codes.shape[0] % shards == 0:
         rows = NamedSharding(mesh, normal_form([axis] + [None] * (len(codes.shape) - 1), mesh))
-        if absmax_sharding(rows, codes.shape, q.block_size).spec == PartitionSpec(axis):
+        if whole_block_shards(rows, codes.shape, q.block_size):
             return QuantizedArray(codes=rows, absmax=NamedSharding(mesh, PartitionSpec(axis)), block_size=q.block_size)
     return QuantizedArray(
         codes=NamedSharding(mesh, _zero1_spec(codes, mesh, axis, min_size)),
