@@ -10,7 +10,7 @@ import jax
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import is_none
+from adam_jax._tree import cast, is_none
 from adam_jax.moments import reject_moments
 
 
@@ -51,7 +51,7 @@ def decoupled_decay(
             raise ValueError('decoupled_decay needs the params: call update(updates, state, params).')
 
         def add(u, p):
-            return None if u is None else (u + weight_decay * p).astype(u.dtype)
+            return None if u is None else cast(u + weight_decay * p, u.dtype)
 
         return jax.tree.map(add, updates, params, is_leaf=is_none), state
 

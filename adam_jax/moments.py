@@ -28,6 +28,7 @@ from adam_jax import _checks, factored, quantization
 from adam_jax._placement import replicated_zero
 from adam_jax._tree import (
     abs_sq,
+    cast,
     check_inexact_leaves,
     check_same_structure,
     compute_dtype,
@@ -314,14 +315,14 @@ def scale_by_moments(
             return new
         if quantization.is_quantized(old):
             return quantization.requantize(new, old)
-        return new.astype(old.dtype)
+        return cast(new, old.dtype)
 
     def as_stored(new, stored):
         if factored.is_factored(stored):
             return stored.reconstruct()
         if quantization.is_quantized(stored) or stored.dtype == new.dtype:
             return new
-        return stored.astype(new.dtype)
+        return cast(stored, new.dtype)
 
     def update_mu(g, mu):
         mu = quantization.dequantize(mu) if quantization.is_quantized(mu) else mu
@@ -331,18 +332,18 @@ def scale_by_moments(
                 'without dropping its imaginary part; use a complex mu_dtype (e.g. complex64) or None.'
             )
         cdt = compute_dtype(g.dtype, mu.dtype)
-        return _ema(b1, mu.astype(cdt), g.astype(cdt))
+        return _ema(b1, cast(mu, cdt), cast(g, cdt))
 
     def update_nu(g, nu, m):
         if factored.is_factored(nu):
-            return nu.update(b2, abs_sq(g.astype(compute_dtype(g.dtype))))
+            return nu.update(b2, abs_sq(cast(g, compute_dtype(g.dtype))))
         nu = quantization.dequantize(nu) if quantization.is_quantized(nu) else nu
         cdt = compute_dtype(real_dtype(g.dtype), nu.dtype)
         if second_moment == 'max':
-            return jnp.maximum(jnp.abs(g).astype(cdt) + max_eps, b2 * nu.astype(cdt))
+            return jnp.maximum(cast(jnp.abs(g), cdt) + max_eps, b2 * cast(nu, cdt))
         if second_moment == 'belief':  # the prediction error g_t - m_t instead of g_t
-            return _ema(b2, nu.astype(cdt), abs_sq(g.astype(m.dtype) - m).astype(cdt)) + belief_eps
-        return _ema(b2, nu.astype(cdt), abs_sq(g.astype(compute_dtype(g.dtype))).astype(cdt))
+            return _ema(b2, cast(nu, cdt), cast(abs_sq(cast(g, m.dtype) - m), cdt)) + belief_eps
+        return _ema(b2, cast(nu, cdt), cast(abs_sq(cast(g, compute_dtype(g.dtype))), cdt))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

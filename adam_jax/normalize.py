@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import real_dtype
-from adam_jax.correction import correction_dtype, one_minus_power, power
+from adam_jax._tree import cast, real_dtype
+from adam_jax.correction import correction_dtype, one_minus_power, per_dtype, power
 from adam_jax.moments import Moments, require_moments
 
 
@@ -19,12 +19,16 @@ def _rms_direction(moments: Moments, eps: chex.Numeric, eps_root: chex.Numeric, 
     """m / (root(v + eps_root) + eps) per leaf, as a function of the leaf's (m, v, g)."""
     root = (lambda x: x) if moments.second_moment == 'max' else jnp.sqrt
 
+    @per_dtype
+    def raw_nu_eps(dtype):
+        # sqrt(v_hat) + eps / sqrt(1 - b2^t) = (sqrt(v_t) + eps) / sqrt(1 - b2^t)
+        c2 = one_minus_power(moments.b2, moments.count, correction_dtype(dtype), moments.precise_corrections)
+        return (eps / jnp.sqrt(c2)).astype(dtype)
+
     def direction(m, v, g):
         eps_t = eps
         if eps_on_raw_nu and moments.nu_debiased and moments.second_moment != 'max':
-            # sqrt(v_hat) + eps / sqrt(1 - b2^t) = (sqrt(v_t) + eps) / sqrt(1 - b2^t)
-            c2 = one_minus_power(moments.b2, moments.count, correction_dtype(v.dtype), moments.precise_corrections)
-            eps_t = (eps / jnp.sqrt(c2)).astype(v.dtype)
+            eps_t = raw_nu_eps(v.dtype)
         return m / (root(v + eps_root) + eps_t)
 
     return direction
@@ -45,7 +49,7 @@ def _ending(
         del params, extra_args
         moments = require_moments(updates, name)
         direction = leaf_direction(moments)
-        d = jax.tree.map(lambda m, v, g: direction(m, v, g).astype(g.dtype), moments.mu, moments.nu, moments.grad)
+        d = jax.tree.map(lambda m, v, g: cast(direction(m, v, g), g.dtype), moments.mu, moments.nu, moments.grad)
         return d, state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -146,11 +150,11 @@ def scale_by_rectified_rms(
         precise = moments.precise_corrections
         first = _first_tractable_step(moments.b2, threshold, strict) if precise else None  # once per update
 
-        def direction(m, v, g):
+        @per_dtype
+        def rectification(wide):
             # A Python b2 keeps rho_inf in double precision: in float32, 1 - 0.999 is off by 1.3e-5
             # relative, which moves rho_inf by 0.026 and r_t visibly in the first steps.
             rho_inf = 2 / (1 - moments.b2) - 1
-            wide = correction_dtype(v.dtype)
             b2_t = power(moments.b2, moments.count, wide, precise)
             rho_t = rho_inf - 2 * moments.count * b2_t / one_minus_power(moments.b2, moments.count, wide, precise)
             if first is not None:  # rho_t is increasing in t: the switch step, found in double precision
@@ -158,7 +162,10 @@ def scale_by_rectified_rms(
             else:
                 tractable = rho_t > threshold if strict else rho_t >= threshold
             rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
-            r_t = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            return tractable, jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+
+        def direction(m, v, g):
+            tractable, r_t = rectification(correction_dtype(v.dtype))
             return jnp.where(tractable, r_t.astype(real_dtype(m.dtype)) * adaptive(m, v, g), m)
 
         return direction

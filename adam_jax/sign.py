@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import check_inexact_leaves, check_same_structure, compute_dtype
+from adam_jax._tree import cast, check_inexact_leaves, check_same_structure, compute_dtype
 from adam_jax.moments import _ema, reject_moments
 
 
@@ -60,11 +60,11 @@ def scale_by_sign_momentum(
 
         def direction(g, m):
             cdt = compute_dtype(g.dtype, m.dtype)
-            return jnp.sign(_ema(b1, m.astype(cdt), g.astype(cdt))).astype(g.dtype)
+            return cast(jnp.sign(_ema(b1, cast(m, cdt), cast(g, cdt))), g.dtype)
 
         def momentum(g, m):
             cdt = compute_dtype(g.dtype, m.dtype)
-            return _ema(b2, m.astype(cdt), g.astype(cdt)).astype(m.dtype)
+            return cast(_ema(b2, cast(m, cdt), cast(g, cdt)), m.dtype)
 
         d = jax.tree.map(direction, updates, state.mu)
         mu = jax.tree.map(momentum, updates, state.mu)
