@@ -93,6 +93,8 @@ class FactoredMoment:
         second, largest = self.axes
         row_axis = second if second < largest else second - 1  # position of `second` in row
         row_mean = jnp.mean(self.row, axis=row_axis, keepdims=True)
+        # All-zero statistics (a leaf whose gradients were all 0 so far) give V = 0, not 0 / 0 = NaN.
+        row_mean = jnp.where(row_mean > 0, row_mean, jnp.ones_like(row_mean))
         return jnp.expand_dims(self.row / row_mean, largest) * jnp.expand_dims(self.col, second)
 
 

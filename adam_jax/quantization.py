@@ -307,10 +307,12 @@ def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
     """Block-wise 8-bit codes and float32 absmax of ``x`` (computed in float32)."""
     shape = tuple(x.shape)
     blocks = _blocks(x.astype(jnp.float32), spec.block_size)
-    # NaN elements do not take part in the block's maximum (their code is 0): defined here rather than left
-    # to how XLA happens to order a reduction over NaNs, and what the fused CPU kernel computes.
+    # Only finite elements take part in the block's maximum: a NaN gets code 0, an inf the largest code of its
+    # sign (it stands for +-absmax). An inf absmax would make every code of the block 0 and dequantize to
+    # 0 * inf = NaN, so one overflowing element (v = (1 - b2) g^2 is inf from |g| ~ 6e20) would turn its 255
+    # neighbours' params into NaN. The fused CPU kernel computes the same.
     magnitude = jnp.abs(blocks)
-    absmax = jnp.max(jnp.where(jnp.isnan(magnitude), 0.0, magnitude), axis=1)
+    absmax = jnp.max(jnp.where(magnitude < jnp.inf, magnitude, 0.0), axis=1)
     scale = jnp.where(absmax > 0, 1 / absmax, 0.0)[:, None]
     normalized = blocks * scale
     if spec.signed:

@@ -88,3 +88,27 @@ def test_factored_storage_errors():
         adam_jax.adamax(1e-3, nu_dtype=Factored())
     with pytest.raises(ValueError, match='min_dim_size_to_factor must be a positive int, got 0'):
         Factored(0)
+
+
+@pytest.mark.parametrize('mu_dtype', [None, 'int8'])
+def test_a_factored_leaf_with_zero_gradients_does_not_move(mu_dtype):
+    """All-zero row and column statistics stand for V = 0 (not 0 / 0): m = 0 gives a zero step, as with a
+    float second moment. (A zero-initialised output layer gives its input layer exactly zero gradients.)"""
+    params = {'hidden': jnp.full((128, 128), 0.01), 'out': jnp.zeros((128, 1))}
+    x, y = jnp.ones((4, 128)), jnp.ones((4, 1))
+
+    def loss(p):
+        return jnp.mean((jnp.tanh(x @ p['hidden']) @ p['out'] - y) ** 2)
+
+    results = {}
+    for name, nu_dtype in [('float', None), ('factored', Factored())]:
+        opt = adam_jax.adam(1e-3, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+        p, s = params, opt.init(params)
+        for t in range(3):
+            u, s = opt.update(jax.grad(loss)(p), s, p)
+            if t == 0:  # the hidden layer's gradient is exactly 0 at the first step
+                assert float(jnp.max(jnp.abs(u['hidden']))) == 0.0
+            p = optax.apply_updates(p, u)
+        results[name] = float(loss(p))
+    assert np.isfinite(results['factored'])
+    assert results['factored'] == pytest.approx(results['float'], rel=1e-3)

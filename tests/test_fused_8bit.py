@@ -140,18 +140,28 @@ def test_same_array_as_params_and_grads_and_non_finite_gradients():
     got = jax.jit(opt.step, donate_argnums=(0,))(params + 0, params + 0, state)
     assert leaves_equal(got, jax.jit(chain_step(opt))(params, params, state))
 
-    # NaN at the first, a middle and the last offset of blocks, in the partial last block, and a block of NaNs:
-    # the block maximum skips NaNs (quantization.quantize defines it so), an inf takes its block's maximum.
+    # NaN at the first, a middle and the last offset of blocks, in the partial last block, and a block of NaNs;
+    # an inf (block 19) and a finite gradient whose square overflows (block 27): the block maximum takes the
+    # finite elements only (quantization.quantize defines it so), in both passes of the kernel.
     nans = [256, 264, 511, 8990, *range(1024, 1280)]
-    grads = params.at[jnp.array(nans)].set(jnp.nan).at[5000].set(jnp.inf)
+    grads = params.at[jnp.array(nans)].set(jnp.nan).at[5000].set(jnp.inf).at[7000].set(1e20)
     kernel, chain = jax.jit(opt.step), jax.jit(chain_step(opt))
     got, want = kernel(params, grads, state), chain(params, grads, state)
     assert leaves_equal(got, want)
-    absmax = np.asarray(got[1][0][0].mu.absmax)
-    assert np.isfinite(absmax[[1, 35]]).all() and absmax[4] == 0 and np.isinf(absmax[19])
-    assert np.isnan(np.asarray(got[0])[[*nans, 5000]]).all()
+    mu, nu = got[1][0][0].mu, got[1][0][0].nu
+    absmax = np.asarray(mu.absmax)
+    assert np.isfinite(absmax).all() and absmax[4] == 0 and np.isfinite(np.asarray(nu.absmax)).all()
+    assert np.asarray(nu.absmax)[19] == pytest.approx(1e-3 * float(np.max(np.asarray(params[4864:5120]) ** 2)))
+    assert np.asarray(nu.codes)[5000] == 255 and np.asarray(mu.codes)[5000] == 127  # inf: the largest code
+    p = np.asarray(got[0])
+    assert np.isnan(p[[*nans, 5000]]).all()  # as with float32 state: an inf or NaN gradient spoils its own param
+    assert np.isfinite(np.delete(p, [*nans, 5000])).all()  # and no other
     params, state = want
-    assert leaves_equal(kernel(params, params * 0.01, state), chain(params, params * 0.01, state))  # next step
+    for _ in range(2):  # the next steps: the neighbours of the bad elements stay finite
+        got, want = kernel(params, params * 0.01, state), chain(params, params * 0.01, state)
+        assert leaves_equal(got, want)
+        params, state = want
+    assert np.isfinite(np.delete(np.asarray(params), [*nans, 5000])).all()
 
 
 def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):

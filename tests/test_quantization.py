@@ -316,3 +316,25 @@ def test_codes_and_absmax_of_a_sharded_leaf_stay_sharded_without_communication()
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
     out = subprocess.run([sys.executable, '-c', _SHARDED_STEP], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == 'OK', out.stderr[-3000:]
+
+
+def test_one_overflowing_gradient_spoils_no_other_param_of_its_block():
+    """An inf gradient, or a finite one whose square overflows float32 (v = inf), spoils only its own param, as
+    with float32 state: the block's absmax is taken over its finite moments (an inf absmax made every code of
+    the block 0, which dequantizes to 0 * inf = NaN for all 256 params)."""
+    params = jnp.linspace(-1.0, 1.0, 4096, dtype=jnp.float32)
+    grads = jnp.cos(3 * params)
+    spoiled = {}
+    for name, opt in [
+        ('float32', adam_jax.adam(1e-2)),
+        ('8-bit', adam_jax.adam(1e-2, mu_dtype='int8', nu_dtype='uint8')),
+    ]:
+        step = jax.jit(lambda p, s, g, opt=opt: (lambda u, s: (optax.apply_updates(p, u), s))(*opt.update(g, s, p)))
+        p, s = params, opt.init(params)
+        for t in range(4):
+            p, s = step(p, s, grads.at[7].set(jnp.inf).at[300].set(1e20) if t == 1 else grads)
+        spoiled[name] = np.flatnonzero(~np.isfinite(np.asarray(p)))
+        if name == '8-bit':
+            assert np.isfinite(np.asarray(s[0][0].nu.absmax)).all() and np.isfinite(np.asarray(s[0][0].mu.absmax)).all()
+    assert spoiled['float32'].tolist() == [7]
+    assert spoiled['8-bit'].tolist() == [7]

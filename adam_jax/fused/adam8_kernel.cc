@@ -9,7 +9,7 @@
 //   m = fma(1 - b1, g, b1 m_old)   v = fma(1 - b2, g g, b2 v_old)   (float32)
 //   p = fma(-lr, [fma(wd, p,] (m r1) / (sqrt(fma(v, r2, eps_root)) + eps) [)], p)   (the moments before
 //                                                                     requantizing, as the chain uses them)
-//   N_m = max |m|, N_v = max |v| over the non-NaN elements of the block (as XLA's CPU reduction finds it)
+//   N_m = max |m|, N_v = max |v| over the finite elements of the block (NaN and inf take no part)
 //   code_m = sign(m) round(fma(a, C1[e], C0[e])), a = min(|m| / N_m, 1), e = #{j >= 1 : a < 10^-j}
 //   code_v = round(fma(a, C1[e], C0[e])), a = clip(v / N_v, 0, 1)                 (requantize)
 //
@@ -121,7 +121,21 @@ inline void Pass2Scalar(const Block& b, int64_t from, const Maps& q, const float
 
 inline float Scale(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
 
-inline void Finish(const Block& b, float amax_m, float amax_v, float& sm, float& sv) {
+// The largest finite |x[i]|, for the rare block whose running maximum (which skips NaN) came out inf.
+inline float FiniteAbsMax(const float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (a > amax && a < std::numeric_limits<float>::infinity()) amax = a;
+  }
+  return amax;
+}
+
+// Stores the block's new absmax (of the finite moments in mt, vt) and returns the scales that requantize it.
+inline void Finish(const Block& b, const float* mt, const float* vt, float amax_m, float amax_v, float& sm,
+                   float& sv) {
+  if (!(amax_m < std::numeric_limits<float>::infinity())) amax_m = FiniteAbsMax(mt, b.n);
+  if (!(amax_v < std::numeric_limits<float>::infinity())) amax_v = FiniteAbsMax(vt, b.n);
   *b.ma = amax_m;
   *b.va = amax_v;
   sm = Scale(amax_m);
@@ -136,7 +150,7 @@ void SpanPortable(const Block& span, int64_t block_size, const Hyper& h, const M
                   std::min(block_size, span.n - a)};
     float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
     Pass1Scalar<kFma, kDecay>(b, 0, h, q, mt, vt, amax_m, amax_v);
-    Finish(b, amax_m, amax_v, sm, sv);
+    Finish(b, mt, vt, amax_m, amax_v, sm, sv);
     Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
   }
 }
@@ -275,7 +289,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
     }
     float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
     Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
-    Finish(b, amax_m, amax_v, sm, sv);
+    Finish(b, mt, vt, amax_m, amax_v, sm, sv);
 
     const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
     int64_t i = 0;
