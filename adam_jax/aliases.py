@@ -39,9 +39,14 @@ def _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=False) -
     return optax.chain(*stage, scale_by_rms(eps, eps_root))
 
 
-def adamax_direction(b1, b2, eps, mu_dtype, nu_dtype) -> optax.GradientTransformationExtraArgs:
+def adamax_direction(
+    b1, b2, eps, mu_dtype, nu_dtype, precise_corrections: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """AdaMax's direction; eps sits inside the max, u_t needs no correction and no root."""
-    stage = corrected_moments(b1, b2, mu_dtype, nu_dtype, second_moment='max', max_eps=eps)
+    _checks.check_nonnegative('eps', eps)  # checked again as max_eps: named here as the caller passed it
+    stage = corrected_moments(
+        b1, b2, mu_dtype, nu_dtype, second_moment='max', max_eps=eps, precise_corrections=precise_corrections
+    )
     return optax.chain(*stage, scale_by_rms(eps=0.0))
 
 
@@ -307,6 +312,7 @@ def adabelief(
     ``optax.adabelief``.
     """
     _checks.check_learning_rate(learning_rate)
+    _checks.check_nonnegative('eps_root', eps_root)  # checked again as belief_eps: named here as passed
     stage = corrected_moments(
         b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov), second_moment='belief', belief_eps=eps_root
     )

@@ -24,7 +24,7 @@ import optax
 from adam_jax import _checks, factored, quantization
 from adam_jax._placement import replicated_zero
 from adam_jax._tree import cast, real_dtype
-from adam_jax.moments import require_moments, saturating_increment
+from adam_jax.moments import default_nu_dtype, require_moments, saturating_increment
 
 
 def correction_dtype(dtype) -> np.dtype:
@@ -160,8 +160,9 @@ def max_second_moment(*, nu_dtype: Any = None) -> optax.GradientTransformationEx
     maximum was taken of raw moments.
 
     Args:
-      nu_dtype: storage dtype of :math:`\hat v`, a float dtype (default: the real
-        dtype of the parameters). The maximum is not kept 8-bit or factored.
+      nu_dtype: storage dtype of :math:`\hat v`, a float dtype (default: as
+        :func:`scale_by_moments` stores :math:`v`: the real dtype of the parameters, float32 for float16
+        ones, whose small maxima would flush to zero). The maximum is not kept 8-bit or factored.
     """
     if isinstance(nu_dtype, factored.Factored) or quantization.as_spec('nu_dtype', nu_dtype) is not None:
         raise ValueError(
@@ -173,7 +174,7 @@ def max_second_moment(*, nu_dtype: Any = None) -> optax.GradientTransformationEx
 
     def init(params: optax.Params) -> MaxSecondMomentState:
         return MaxSecondMomentState(
-            nu_max=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or real_dtype(p.dtype)), params)
+            nu_max=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=nu_dtype or default_nu_dtype(p.dtype)), params)
         )
 
     def update(updates, state, params=None, **extra_args):

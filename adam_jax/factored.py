@@ -134,7 +134,8 @@ def factored_shardings(sharding: Any, ndim: int, axes: tuple[int, int]) -> tuple
 
 def decay_rate_pow(step: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:
     r"""Adafactor's schedule :math:`\hat\beta_{2,t} = 1 - t^{-c}` (Shazeer & Stern 2018, Sec. 7.2), t from 1."""
-    return 1.0 - jnp.asarray(step + 1, jnp.float32) ** (-exponent)
+    # t + 1 in float: in int32 a saturated step count (2^31 - 1) would wrap to a negative t and give NaN
+    return 1.0 - (jnp.asarray(step, jnp.float32) + 1) ** (-exponent)
 
 
 class FactoredRmsState(NamedTuple):
@@ -175,7 +176,8 @@ def scale_by_factored_rms(
     _checks.check_nonnegative('decay_rate', decay_rate)
     # 1 - (t - t0)^-c is a decay in [0, 1) only for t - t0 >= 1: t0 is a past step, a whole number
     _checks.check_nonnegative('decay_offset', decay_offset)
-    if isinstance(decay_offset, float) and not decay_offset.is_integer():
+    offset = _checks.concrete(decay_offset)
+    if offset is not None and offset.ndim == 0 and not float(offset).is_integer():
         raise ValueError(f'decay_offset must be a whole number of steps, got {decay_offset!r}.')
     _checks.check_int('min_dim_size_to_factor', min_dim_size_to_factor)
     _checks.check_nonnegative('eps', eps)

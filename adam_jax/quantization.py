@@ -321,7 +321,9 @@ def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
     else:
         codes = encode(jnp.clip(normalized, 0.0, 1.0), False)
     codes = _unblock(codes.astype(spec.code_dtype), shape, explicit_sharding(x))
-    return QuantizedArray(codes, absmax, spec.block_size)
+    # Integer codes carry no derivative, so none flows through the absmax either: differentiating through
+    # several updates (meta-learning) treats 8-bit state as a constant, instead of following the scales alone.
+    return QuantizedArray(codes, jax.lax.stop_gradient(absmax), spec.block_size)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
@@ -331,7 +333,7 @@ def dequantize(q: QuantizedArray) -> jax.Array:
         values = jnp.copysign(decode(jnp.abs(codes), True), codes)
     else:
         values = decode(codes, False)
-    absmax, leaf = q.absmax, explicit_sharding(q.codes)
+    absmax, leaf = jax.lax.stop_gradient(q.absmax), explicit_sharding(q.codes)  # see quantize
     if leaf is not None:  # explicit axes: absmax split like the blocks' rows, or replicated
         split = explicit_sharding(codes)
         rows = PartitionSpec(split.spec[0]) if split is not None else PartitionSpec()

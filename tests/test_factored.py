@@ -112,3 +112,16 @@ def test_a_factored_leaf_with_zero_gradients_does_not_move(mu_dtype):
         results[name] = float(loss(p))
     assert np.isfinite(results['factored'])
     assert results['factored'] == pytest.approx(results['float'], rel=1e-3)
+
+
+def test_adafactor_stays_finite_when_its_step_count_saturates():
+    # The count saturates at 2^31 - 1; Adafactor's decay schedule took t + 1 in int32, which wrapped to a negative
+    # t and gave NaN (optax.adafactor does the same).
+    opt = adam_jax.adafactor(1e-2)
+    params = {'w': jnp.ones((256, 300))}
+    state = opt.init(params)
+    state = jax.tree.map(lambda x: jnp.full_like(x, 2**31 - 3) if x.dtype == jnp.int32 else x, state)
+    for _ in range(4):
+        updates, state = opt.update({'w': jnp.full((256, 300), 0.1)}, state, params)
+        assert bool(jnp.all(jnp.isfinite(updates['w'])))
+    assert 2**31 - 1 in [int(x) for x in jax.tree.leaves(state) if x.dtype == jnp.int32]

@@ -154,6 +154,7 @@ def test_inject_hyperparams_wraps_a_preset(x64):
         ('nadam', dict(lr=1e-3, betas=(0.9, 0.9999))),
         ('radam', dict(lr=1e-3)),
         ('radam', dict(lr=1e-3, betas=(0.9, 0.9999))),  # rho_t passes 5 at step 6, not at 2 (float32's 1 - b2^t)
+        ('adamax', dict(lr=1e-2, betas=(0.9999, 0.999))),  # 1 - b1^t: 6e-6 off with float32's power (review)
     ],
 )
 def test_preset_equals_torch_optim_in_float32(name, kwargs):
@@ -161,7 +162,13 @@ def test_preset_equals_torch_optim_in_float32(name, kwargs):
     # by 1e-5 (beta2 = 0.999) to 7e-4 (0.99999) relative, and RAdam switched to the adaptive step 4 steps early
     # (params 69% off). The presets take log(beta) in double: what is left is float32 rounding.
     grads = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
-    cls = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'nadam': torch.optim.NAdam, 'radam': torch.optim.RAdam}
+    cls = {
+        'adam': torch.optim.Adam,
+        'adamw': torch.optim.AdamW,
+        'nadam': torch.optim.NAdam,
+        'radam': torch.optim.RAdam,
+        'adamax': torch.optim.Adamax,
+    }
     p = torch.zeros(1000, requires_grad=True)
     opt = cls[name]([p], **kwargs)
     tx = getattr(presets, name)(**kwargs)

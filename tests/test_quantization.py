@@ -206,6 +206,19 @@ def test_float16_params_keep_nu_in_float32_so_small_gradients_do_not_blow_up():
     np.testing.assert_allclose(np.asarray(updates, np.float32), -1e-3, rtol=2e-2)
 
 
+def test_amsgrad_keeps_its_running_maximum_in_float32_for_float16_params():
+    # Its maximum of v is kept like v itself: in float16 a maximum of g^2 ~ 2.5e-8 flushed to 0 and AMSGrad quietly
+    # became Adam (found by review).
+    for opt in (adam_jax.amsgrad(1.0), adam_jax.presets.pytorch.adam(lr=1.0, betas=(0.9, 0.9), amsgrad=True)):
+        params = jnp.zeros(1, jnp.float16)
+        state = opt.init(params)
+        assert optax.tree.get(state, 'nu_max').dtype == jnp.float32
+        for t in range(11):
+            g = jnp.full(1, 5e-4 if t == 0 else 1e-5, jnp.float16)
+            updates, state = opt.update(g, state, params)
+        assert float(optax.tree.get(state, 'nu_max')[0]) > 1e-9
+
+
 def test_bf16_state_matches_a_numpy_reference_with_rounded_moments():
     import ml_dtypes
 
@@ -338,3 +351,30 @@ def test_one_overflowing_gradient_spoils_no_other_param_of_its_block():
             assert np.isfinite(np.asarray(s[0][0].nu.absmax)).all() and np.isfinite(np.asarray(s[0][0].mu.absmax)).all()
     assert spoiled['float32'].tolist() == [7]
     assert spoiled['8-bit'].tolist() == [7]
+
+
+def test_derivatives_through_8bit_state_treat_it_as_a_constant():
+    """jax.grad through several updates: 8-bit codes carry no derivative, so the state is a constant (what the
+    same loop gives with stop_gradient on the state between steps), not a derivative through the scales alone."""
+    w0 = jnp.linspace(-1, 1, 5000).reshape(50, 100) * 0.5
+    x = jnp.linspace(0.1, 1, 100)
+
+    def loss(w):
+        return jnp.sum(jnp.sin(w @ x) ** 2)
+
+    def meta(lr, stop):
+        opt = adam_jax.adam(lr, mu_dtype='int8', nu_dtype='uint8')
+        w, s = w0, opt.init(w0)
+        for _ in range(3):
+            u, s = opt.update(jax.grad(loss)(w), s, w)
+            w, s = w + u, (jax.lax.stop_gradient(s) if stop else s)
+        return loss(w)
+
+    got, want = jax.grad(meta)(1e-2, False), jax.grad(meta)(1e-2, True)
+    assert np.isfinite(float(got)) and float(got) == pytest.approx(float(want), rel=1e-6)
+    one_step = jax.grad(
+        lambda lr: loss(w0 + adam_jax.adam(lr).update(jax.grad(loss)(w0), adam_jax.adam(lr).init(w0), w0)[0])
+    )
+    eight_bit = adam_jax.adam(1.0, mu_dtype='int8', nu_dtype='uint8')
+    one_step_8bit = jax.grad(lambda lr: loss(w0 + lr * eight_bit.update(jax.grad(loss)(w0), eight_bit.init(w0), w0)[0]))
+    assert float(one_step_8bit(1e-2)) == pytest.approx(float(one_step(1e-2)), rel=1e-5)  # within a step: exact

@@ -87,6 +87,8 @@ def _check_real(params: optax.Params) -> None:
 def _betas(betas: Betas) -> Betas:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f'betas must be a pair (beta1, beta2), got {betas!r}.')
+    _checks.check_decay('betas[0]', betas[0])  # named as the caller wrote them, not as the chain's b1, b2
+    _checks.check_decay('betas[1]', betas[1])
     return betas[0], betas[1]
 
 
@@ -189,6 +191,11 @@ def nadam(
     [decoupled_decay] -> lr``.
     """
     b1, b2 = _betas(betas)
+    if momentum_decay is None:  # nesterov_momentum(None) is optax's constant-momentum NAdam, not torch's
+        raise TypeError(
+            "momentum_decay must be a number >= 0 (torch.optim.NAdam's psi, default 4e-3), got None; for NAdam "
+            'with a constant momentum (as optax.nadam) use adam_jax.nadam.'
+        )
     return _torch_chain(
         lr,
         weight_decay,
@@ -258,5 +265,5 @@ def adamax(
         weight_decay,
         False,
         maximize,
-        adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
+        adamax_direction(b1, b2, eps, mu_dtype, nu_dtype, precise_corrections=True),  # 1 - b1^t as torch forms it
     )
