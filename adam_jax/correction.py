@@ -97,6 +97,21 @@ def debias(moments: Any, decay: chex.Numeric, count: chex.Array, precise: bool =
     return jax.tree.map(lambda x: x * reciprocal(x.dtype), moments)
 
 
+def check_correctable(name: str, decay: Any, moments: Any, precise: bool) -> None:
+    """A concrete decay rate that rounds to 1 where 1 - beta^t is formed would make the correction 0 (a zero or
+    infinite step): refused by name (optax takes it and returns zeros or inf)."""
+    value = _checks.concrete(decay)
+    if precise or value is None or value.ndim:
+        return
+    for dtype in {correction_dtype(x.dtype) for x in jax.tree.leaves(moments)}:
+        if float(value) < 1 and np.asarray(value, dtype) == 1:
+            raise ValueError(
+                f'{name}={float(value)!r} rounds to 1.0 in {dtype.name}, where the bias correction 1 - {name}^t '
+                'is formed, so it would be 0 and the step 0 or inf; use a smaller decay, or precise_corrections=True '
+                '(1 - beta^t from log(beta) in double precision).'
+            )
+
+
 def bias_correct(*, mu: bool = True, nu: bool = True) -> optax.GradientTransformationExtraArgs:
     r"""Bias correction of both moments (Kingma & Ba 2014, Algorithm 1).
 
@@ -127,9 +142,11 @@ def bias_correct(*, mu: bool = True, nu: bool = True) -> optax.GradientTransform
         precise = moments.precise_corrections
         changes = {}
         if mu and not moments.mu_debiased:
+            check_correctable('b1', moments.b1, moments.mu, precise)
             m_hat = debias(moments.mu, moments.b1, moments.count, precise)
             changes.update(mu=m_hat, mu_debiased=True)
         if nu and not moments.nu_debiased:
+            check_correctable('b2', moments.b2, moments.nu, precise)
             v_hat = debias(moments.nu, moments.b2, moments.count, precise)
             changes.update(nu=v_hat, nu_debiased=True)
         return moments.replace(**changes), state

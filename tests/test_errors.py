@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax import bias_correct, decoupled_decay, presets, scale_by_moments, scale_by_rms
+from adam_jax import bias_correct, decoupled_decay, fused, presets, scale_by_moments, scale_by_rms
 
 
 @pytest.mark.parametrize(
@@ -302,3 +302,21 @@ def test_schedule_as_learning_rate_for_loshchilov_hutter_is_refused():
 def test_a_factory_or_a_non_state_where_an_object_belongs_is_a_type_error(build, text):
     with pytest.raises(TypeError, match=re.escape(text)):
         build()
+
+
+@pytest.mark.parametrize('build', [lambda **kw: adam_jax.adam(1e-3, **kw), lambda **kw: fused.adam(1e-3, **kw)])
+def test_a_decay_rate_that_rounds_to_one_in_float32_is_refused_where_the_correction_is_formed(build):
+    # 1 - b^t is 0 in float32 for such a b: the step was silently 0 (b2) or inf (b1), as in optax.
+    params = jnp.ones(4096)
+    for arg, value in (('b2', 0.99999999), ('b1', 0.999999999)):
+        opt = build(**{arg: value})
+        with pytest.raises(ValueError, match=rf'{arg}=0\.9+ rounds to 1\.0 in float32.*precise_corrections=True'):
+            update = getattr(opt, 'step', None)
+            if update is not None:
+                update(params, params, opt.init(params))
+            else:
+                opt.update(params, opt.init(params), params)
+    # Where 1 - b^t is formed in double (the PyTorch presets) or not at all (AdaMax's u_t), such a b2 is fine.
+    for opt in (presets.pytorch.adam(betas=(0.9, 0.99999999)), adam_jax.adamax(1e-3, b2=0.99999999)):
+        updates, _ = opt.update(params, opt.init(params), params)
+        np.testing.assert_allclose(np.asarray(updates), -1e-3, rtol=1e-3)

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, aliases, factored, quantization
-from adam_jax.correction import correction_dtype, one_minus_power
+from adam_jax.correction import check_correctable, correction_dtype, one_minus_power
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
@@ -228,6 +228,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         else:
             neg_lr = -learning_rate
         wd = 0.0 if weight_decay is None else weight_decay
+        check_correctable('b1', b1, params, False)  # as the chain's bias_correct refuses them
+        check_correctable('b2', b2, params, False)
         scalars = jnp.stack(
             [
                 _f32(1 - b1),
