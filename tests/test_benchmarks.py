@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from adam_jax import fused
 from adam_jax.fused import _library
@@ -98,3 +99,15 @@ def test_lean_state_prints_every_state_kind_with_bursts():
     assert by_name['fp32 (adam_jax)'][1] == '1.000x' and by_name['fp32 (adam_jax)'][6] == '1.00x'
     assert by_name['bf16 (adam_jax)'][1] == '0.500x'
     assert all(float(r[5]) > 0 for r in by_name.values())  # the burst's ms per step
+
+
+def test_first_call_splits_trace_lower_and_compile_per_implementation():
+    from benchmarks import first_call
+
+    result = first_call.main(['--leaves', '4', '--params', '8192', '--rounds', '1'])
+    medians = result['medians']
+    assert list(medians) == list(first_call.IMPLEMENTATIONS)
+    for name, m in medians.items():
+        assert all(m[part] > 0 for part in ('trace', 'lower', 'compile')), name
+        assert m['total'] == pytest.approx(m['trace'] + m['lower'] + m['compile'], rel=1e-9)
+    assert len(result['rounds'][first_call.OPTAX]) == 1
