@@ -23,10 +23,15 @@ def real_dtype(dtype: Any) -> np.dtype:
     return dtype
 
 
-@functools.cache
 def compute_dtype(*dtypes: Any) -> np.dtype:
     """float32 or wider: the precision in which a step is computed (cached: it is asked per leaf, per step
-    traced)."""
+    traced; the answer depends on ``jax_enable_x64``, so that is part of the key)."""
+    return _compute_dtype(dtypes, bool(jax.config.jax_enable_x64))
+
+
+@functools.cache
+def _compute_dtype(dtypes: tuple, x64: bool) -> np.dtype:
+    del x64  # only a key: jnp.result_type reads the setting itself
     return np.dtype(jnp.result_type(*dtypes, jnp.float32))
 
 

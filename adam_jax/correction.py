@@ -81,20 +81,19 @@ def per_dtype(scalar: Callable[[np.dtype], Any]) -> Callable[[Any], Any]:
 
 
 def debias(moments: Any, decay: chex.Numeric, count: chex.Array, precise: bool = False) -> Any:
-    r""":math:`x / (1 - \beta^t)` for every leaf x of ``moments``, computed as :math:`x \cdot r` with
-    :math:`r = 1 / (1 - \beta^t)` formed once per dtype.
+    r""":math:`x / (1 - \beta^t)` for every leaf x of ``moments``, with :math:`1 - \beta^t` formed in float32 or
+    wider (:func:`one_minus_power`) and cast to the leaf's dtype.
 
-    :math:`1 - \beta^t` is formed in float32 or wider (:func:`one_minus_power`): a low-precision :math:`\beta^t`
-    rounds to 1 early in training and would divide by zero. It is cast to the moment's dtype, inverted there,
-    and multiplied in. The product by the reciprocal is what XLA's CPU compiler made of a division by a
-    per-leaf scalar; written out, it no longer depends on how XLA rewrites divisions (a division by one shared
-    scalar came out as :math:`m / (c_1 (\sqrt{v / c_2} + \epsilon))`), and the fused kernels, which multiply
-    by the same reciprocals, stay bitwise equal to the chain.
+    A low-precision :math:`\beta^t` rounds to 1 early in training and would divide by zero, so the factor is
+    formed wide and only then cast. The factor is traced for each leaf on purpose: XLA's CPU compiler turns the
+    division by a leaf's own scalar into a product with its reciprocal, which is what the fused kernels compute
+    (bitwise); a factor shared by all leaves made it compile another form, and an explicit reciprocal was 1 ulp
+    off optax on an H100 (a 25-step training loop grew that to 4e-5 of the loss).
     """
-    reciprocal = per_dtype(
-        lambda dt: 1 / one_minus_power(decay, count, correction_dtype(dt), precise).astype(real_dtype(dt))
+    return jax.tree.map(
+        lambda x: x / one_minus_power(decay, count, correction_dtype(x.dtype), precise).astype(real_dtype(x.dtype)),
+        moments,
     )
-    return jax.tree.map(lambda x: x * reciprocal(x.dtype), moments)
 
 
 def check_correctable(name: str, decay: Any, moments: Any, precise: bool) -> None:
@@ -107,8 +106,8 @@ def check_correctable(name: str, decay: Any, moments: Any, precise: bool) -> Non
         if float(value) < 1 and np.asarray(value, dtype) == 1:
             raise ValueError(
                 f'{name}={float(value)!r} rounds to 1.0 in {dtype.name}, where the bias correction 1 - {name}^t '
-                'is formed, so it would be 0 and the step 0 or inf; use a smaller decay, or precise_corrections=True '
-                '(1 - beta^t from log(beta) in double precision).'
+                'is formed, so it would be 0 and the step 0 or inf; use a smaller decay (the PyTorch presets, '
+                'adam_jax.presets.pytorch, form 1 - beta^t in double precision).'
             )
 
 
@@ -270,6 +269,7 @@ def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.Gradi
             state = NesterovState(mu_product=product)
             coefficients = lambda wide: (mu_next / (1 - product * mu_next), (1 - mu_t) / (1 - product))
         else:  # mu_t = b1: the products are powers, formed in each leaf's correction dtype like debias
+            check_correctable('b1', b1, moments.mu, moments.precise_corrections)
             coefficients = lambda wide: (
                 b1 / (1 - jnp.asarray(b1, wide) ** t_next),
                 (1 - b1) / (1 - jnp.asarray(b1, wide) ** t),

@@ -308,9 +308,9 @@ def quantize(x: jax.Array, spec: BlockQuantized) -> QuantizedArray:
     shape = tuple(x.shape)
     blocks = _blocks(x.astype(jnp.float32), spec.block_size)
     # Only finite elements take part in the block's maximum: a NaN gets code 0, an inf the largest code of its
-    # sign (it stands for +-absmax). An inf absmax would make every code of the block 0 and dequantize to
-    # 0 * inf = NaN, so one overflowing element (v = (1 - b2) g^2 is inf from |g| ~ 6e20) would turn its 255
-    # neighbours' params into NaN. The fused CPU kernel computes the same.
+    # sign (it stands for +-absmax; 0 in a block with no finite non-zero element). An inf absmax would make every
+    # code of the block 0 and dequantize to 0 * inf = NaN, so one overflowing element (g * g is inf in float32
+    # from |g| > 1.8e19) would turn its 255 neighbours' params into NaN. The fused CPU kernel computes the same.
     magnitude = jnp.abs(blocks)
     absmax = jnp.max(jnp.where(magnitude < jnp.inf, magnitude, 0.0), axis=1)
     scale = jnp.where(absmax > 0, 1 / absmax, 0.0)[:, None]

@@ -126,3 +126,20 @@ def test_loshchilov_hutter_form_scales_decay_by_multiplier_only(x64):
     # ... and it differs from optax's adamw, whose decay is alpha * lambda * theta.
     other = run(optax.adamw(lambda t: alpha * eta(t), weight_decay=wd), params, 50)
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(other))) > 1e-3
+
+
+@pytest.mark.filterwarnings('ignore:Explicitly requested dtype float64')  # the first call's float64 grads, x64 off
+def test_float64_params_under_x64_are_updated_in_float64_after_a_float32_call():
+    # compute_dtype is cached; its answer depends on jax_enable_x64, which must be part of the key: after a call
+    # with NumPy float64 gradients while x64 was off, float64 params under x64 were updated in float32 (review).
+    opt = adam_jax.adam(1e-3)
+    p = jnp.zeros(3)
+    opt.update(np.ones(3), opt.init(p), p)
+    with jax.enable_x64(True):
+        from adam_jax._tree import compute_dtype
+
+        assert compute_dtype(np.dtype(np.float64)) == np.float64
+        p = jnp.zeros(1, jnp.float64)
+        g = jnp.asarray([1 + 2.0**-40], jnp.float64)
+        nu = optax.tree.get(opt.update(g, opt.init(p), p)[1], 'nu')
+        assert nu.dtype == jnp.float64 and float(nu[0]) == pytest.approx(1e-3 * (1 + 2.0**-40) ** 2, rel=1e-15)

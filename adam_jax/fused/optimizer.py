@@ -26,9 +26,9 @@ Compiled inside a larger program (the step in a ``lax.scan``, or fused with a gr
 into the update, such as that of ``sum(3 * p**2)``) XLA may contract the chain's products into
 fused multiply-adds differently, and the two then differ by rounding (2.4e-7 at most, on params of order 1, after
 three steps of lr 1e-2 in a scan).
-``step`` updates float32 leaves of one element with the chain itself, inside the same jitted step (when the
-chain divided by :math:`1 - \beta^t` and left the rewrite to XLA, XLA divided such a leaf instead of multiplying
-by the reciprocal; the chain now multiplies by it itself).
+A float32 leaf of one element is the exception
+XLA makes: it divides such a leaf by :math:`1 - \beta^t` instead of multiplying by the reciprocal, so
+``step`` updates one-element leaves with the chain itself, inside the same jitted step.
 """
 
 from __future__ import annotations
@@ -124,9 +124,8 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
         return None
     if not (m.dtype == f32 and v.dtype == f32):
         return None
-    # A one-element leaf is updated by the chain's own step, in the same jitted step: when the chain divided by
-    # 1 - b^t, XLA divided such a leaf where it multiplied larger ones by the reciprocal. (The chain multiplies by
-    # the reciprocal itself now; the kernel would gain nothing on one element.)
+    # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
+    # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
     return ('chain',) if p.size == 1 else ('f32',)
 
 
