@@ -74,8 +74,9 @@ def one_minus_power(decay: chex.Numeric, count: chex.Array, dtype: Any, precise:
 
 def per_dtype(scalar: Callable[[np.dtype], Any]) -> Callable[[Any], Any]:
     """``scalar(dtype)`` traced once per dtype (and kept for the rest of one update): every leaf of that dtype
-    shares it. The value is the same either way (XLA merges the copies); tracing a copy per leaf made the first
-    call of a 1000-leaf chain about 2 s slower than optax's."""
+    shares it. For scalars that only scale a leaf's result (RAdam's rectification, NAdam's coefficients,
+    ``eps_on_raw_nu``'s epsilon) the value is the same either way, and tracing a copy per leaf costs a few jnp
+    operations per leaf. (Not used for the bias correction's divisor: see :func:`debias`.)"""
     cached = functools.cache(scalar)
     return lambda dtype: cached(np.dtype(dtype))
 
