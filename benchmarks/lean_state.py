@@ -4,7 +4,9 @@ Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--ro
 
 "adam_jax" rows run the composed chain (``update`` + ``optax.apply_updates``); "adam_jax.fused" rows run
 ``adam_jax.fused.adam(...).step``, the fused CPU kernel where it is built (``adam_kernel.cc`` for float32,
-``adam8_kernel.cc`` for 8-bit state), else the same chain. Configurations are interleaved in rounds (one timed
+``adam8_kernel.cc`` for 8-bit state), else the same chain; the "update + apply_updates" row runs its ``update``
+(the 8-bit kernel writing the updates, what optax.chain, Flax's optimizers and ``TrainState`` call) and then
+``optax.apply_updates``. Configurations are interleaved in rounds (one timed
 step of each per round, in an order shuffled every round, after a warm-up) so that drift on a shared machine
 hits them alike; steps are jitted with params and state donated.
 Prints a markdown table of medians and ratios to the fp32 step, composed (``adam_jax.adam``) and fused.
@@ -31,6 +33,7 @@ CONFIGS = {
     '8-bit m, factored v (adam_jax)': dict(mu_dtype='int8', nu_dtype=adam_jax.Factored()),
     'fp32 (adam_jax.fused)': ('fused', dict()),
     '8-bit (adam_jax.fused)': ('fused', dict(mu_dtype='int8', nu_dtype='uint8')),
+    '8-bit, update + apply_updates (adam_jax.fused)': ('fused update', dict(mu_dtype='int8', nu_dtype='uint8')),
     'fp32 (optax)': None,
     'bf16 mu (optax)': 'optax_bf16',
 }
@@ -44,7 +47,7 @@ def make_opt(config):
         return optax.adam(1e-3, mu_dtype=jnp.bfloat16), None
     if isinstance(config, tuple):
         opt = fused.adam(1e-3, **config[1])
-        return opt, opt.step
+        return opt, (opt.step if config[0] == 'fused' else None)
     return adam_jax.adam(1e-3, **config), None
 
 

@@ -96,9 +96,10 @@ def test_lean_state_prints_every_state_kind_with_bursts():
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split('|')[1:-1] for line in done.stdout.splitlines() if line.startswith('| ') and 'MiB' in line]
     by_name = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
-    assert len(by_name) == 8 and all(len(r) == 7 for r in by_name.values())
+    assert len(by_name) == 9 and all(len(r) == 7 for r in by_name.values())
     assert by_name['fp32 (adam_jax)'][1] == '1.000x' and by_name['fp32 (adam_jax)'][6] == '1.00x'
     assert by_name['bf16 (adam_jax)'][1] == '0.500x'
+    assert by_name['8-bit, update + apply_updates (adam_jax.fused)'][1] == by_name['8-bit (adam_jax.fused)'][1]
     assert all(float(r[5]) > 0 for r in by_name.values())  # the burst's ms per step
 
 
@@ -112,3 +113,13 @@ def test_first_call_splits_trace_lower_and_compile_per_implementation():
         assert all(m[part] > 0 for part in ('trace', 'lower', 'compile')), name
         assert m['total'] == pytest.approx(m['trace'] + m['lower'] + m['compile'], rel=1e-9)
     assert len(result['rounds'][first_call.OPTAX]) == 1
+
+
+def test_train_step_times_every_setup_of_both_modes(capsys):
+    from benchmarks import train_step
+
+    for mode, names in (([], ['optax tree', 'adam_jax tree', 'adam_jax flat']), (['--eight-bit'], None)):
+        medians = train_step.main([*mode, '--params', '32768', '--leaves', '4', '--rounds', '1', '--steps', '1'])
+        assert list(medians) == (names or ['fp32 chain', '8-bit chain', '8-bit update', '8-bit step'])
+        assert all(t > 0 for t in medians.values())
+        assert f'| {next(iter(medians))} |' in capsys.readouterr().out

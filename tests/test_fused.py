@@ -40,7 +40,7 @@ grad_fn = jax.jit(noisy_quadratic_grad)
 
 def chain_step(opt):
     def step(params, grads, state):
-        updates, state = opt.update(grads, state, params)
+        updates, state = getattr(opt, 'chain', opt).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     return step

@@ -31,7 +31,7 @@ EIGHT_BIT = dict(mu_dtype='int8', nu_dtype='uint8')
 
 def chain_step(opt):
     def step(params, grads, state):
-        updates, state = opt.update(grads, state, params)
+        updates, state = getattr(opt, 'chain', opt).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     return step
@@ -164,6 +164,85 @@ def test_same_array_as_params_and_grads_and_non_finite_gradients():
     assert np.isfinite(np.delete(np.asarray(params), [*nans, 5000])).all()
 
 
+def chain_update(opt):
+    return lambda grads, state, params=None: opt.chain.update(grads, state, params)
+
+
+@needs_kernel
+@pytest.mark.parametrize('case', CASES)
+def test_update_runs_the_8bit_kernel_and_is_bitwise_the_chains_update(case):
+    # What optax.chain, Flax's optimizers and TrainState call: the 8-bit leaves' updates and moments come from
+    # the kernel (writing -lr d instead of the params), the small float32 leaf's from the chain.
+    opt = CASES[case]()
+    params = tree()
+    state = opt.init(params)
+    assert calls(opt.update, params, state, params) == {'f32': 0, '8bit': 2 if case == 'adamw-mask' else 1}
+    kernel, chain = jax.jit(opt.update), jax.jit(chain_update(opt))
+    for t in range(30):
+        grads = grads_at(params, t)
+        if t == 3:  # a NaN, an inf and a gradient whose square overflows, as in the step's test
+            grads['vector'] = grads['vector'].at[jnp.array([0, 300, 5002])].set(jnp.nan).at[4000].set(jnp.inf)
+            grads['kernel'] = grads['kernel'].at[7, 9].set(1e20)
+        got, want = kernel(grads, state, params), chain(grads, state, params)
+        assert leaves_equal(got, want), f'step {t}'
+        params, state = optax.apply_updates(params, want[0]), want[1]
+    assert np.count_nonzero(np.asarray(state[0][0].nu['kernel'].codes)) > 1000
+
+
+@needs_kernel
+def test_update_without_params_and_under_vmap_and_in_an_optax_chain():
+    opt = fused.adam(1e-2, **EIGHT_BIT)
+    params = tree()
+    state = opt.init(params)
+    grads = grads_at(params, 0)
+    assert calls(lambda g, s: opt.update(g, s), grads, state)['8bit'] == 1  # adam reads no params
+    assert leaves_equal(jax.jit(lambda g, s: opt.update(g, s))(grads, state), jax.jit(chain_update(opt))(grads, state))
+
+    batch = jax.vmap(lambda s: jax.tree.map(lambda p: p * s, params))(jnp.array([1.0, -2.0]))
+    states = jax.vmap(opt.init)(batch)
+    got = jax.jit(jax.vmap(opt.update))(batch, states, batch)
+    assert leaves_equal(got, jax.jit(jax.vmap(chain_update(opt)))(batch, states, batch))
+
+    clipped = optax.chain(optax.clip_by_global_norm(0.1), fused.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT))
+    reference = optax.chain(optax.clip_by_global_norm(0.1), adam_jax.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT))
+    state = clipped.init(params)
+    for t in range(3):
+        got = jax.jit(clipped.update)(grads_at(params, t), state, params)
+        assert leaves_equal(got, jax.jit(reference.update)(grads_at(params, t), state, params)), f'step {t}'
+        state = got[1]
+
+
+@needs_kernel
+def test_update_overwrites_only_grads_it_may_and_carries_the_chains_derivatives():
+    opt = fused.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)
+    params = tree()
+    state = jax.jit(chain_step(opt))(params, grads_at(params, 0), opt.init(params))[1]
+    grads = grads_at(params, 1)
+    kept = jax.tree.map(np.asarray, (grads, params, state))
+    want = jax.jit(chain_update(opt))(grads, state, params)
+    assert leaves_equal(jax.jit(opt.update)(grads, state, params), want)
+    assert leaves_equal((grads, params, state), kept)  # not donated: nothing changed in place
+    shared = {'kernel': grads['vector'], 'vector': grads['vector'], 'bias': grads['bias']}  # one array, two leaves
+    twin = {'kernel': params['vector'], 'vector': params['vector'], 'bias': params['bias']}
+    twin_state = opt.init(twin)
+    assert leaves_equal(
+        jax.jit(opt.update)(shared, twin_state, twin), jax.jit(chain_update(opt))(shared, twin_state, twin)
+    )
+
+    # The kernel has no derivative rule of its own: jax.grad through update takes the chain's, for the grads and
+    # the params alike (the 8-bit state itself is a constant to it, as in the chain).
+    def objective(update):
+        def f(g, p):
+            updates, new_state = update(g, state, p)
+            return sum(jnp.sum(jnp.sin(u)) for u in jax.tree.leaves(updates)) + jnp.sum(new_state[0][0].mu['bias'])
+
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(grads, params)
+
+    got, want = objective(opt.update), objective(chain_update(opt))
+    assert leaves_equal(got, want)
+    assert float(jnp.max(jnp.abs(got[0]['kernel']))) > 0  # a derivative that is not zero
+
+
 def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
     params = tree()
     grads = grads_at(params, 0)
@@ -180,8 +259,11 @@ def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
     opt = fused.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)
     state = opt.init(params)
     assert calls(opt.step, params, grads, state) == {'f32': 0, '8bit': 0}
-    want = jax.jit(chain_step(adam_jax.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)))(params, grads, state)
+    assert calls(opt.update, grads, state, params) == {'f32': 0, '8bit': 0}
+    reference = adam_jax.adamw(1e-2, weight_decay=0.1, **EIGHT_BIT)
+    want = jax.jit(chain_step(reference))(params, grads, state)
     assert leaves_equal(jax.jit(opt.step)(params, grads, state), want)
+    assert leaves_equal(jax.jit(opt.update)(grads, state, params), jax.jit(reference.update)(grads, state, params))
 
 
 def test_eps_zero_runs_the_chain():

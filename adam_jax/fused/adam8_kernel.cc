@@ -21,8 +21,11 @@
 //
 // Operands: scalars f32[10], maps f32[kMapFloats], then params[n] f32, grads[n] f32, mu codes[n] s8,
 // mu absmax[n] f32, nu codes[n] u8, nu absmax[n] f32; results: params, mu codes, mu absmax, nu codes,
-// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size. Under jax.vmap every
-// operand carries a leading batch axis (see ReadHypers); each problem's leaf is quantized in blocks of its own.
+// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size, updates (0/1). With
+// updates = 1 the first result of each leaf is not the new params but the chain's update -lr d (a buffer of its
+// own; the params are only read, for the decay), which is what GradientTransformation.update returns. Under
+// jax.vmap every operand carries a leading batch axis (see ReadHypers); each problem's leaf is quantized in
+// blocks of its own.
 
 #include <algorithm>
 #include <cmath>
@@ -78,7 +81,8 @@ inline int32_t EncodeMagnitude(float a, const float* lower, const float* c1, con
 }
 
 struct Block {
-  float* p;
+  const float* p;  // read for the step (and the decay)
+  float* out;      // written: the new params (out == p, in place) or the update
   const float* g;
   int8_t* mc;
   float* ma;  // this block's absmax: read (old), then written (new)
@@ -87,8 +91,15 @@ struct Block {
   int64_t n;
 };
 
+// The param an element's update reads: none where the update alone is written without decay (p may then be
+// any buffer of the right size, or the grads themselves).
+template <bool kDecay, bool kUpdates>
+inline float ReadParam(const float* p, int64_t i) {
+  return kUpdates && !kDecay ? 0.0f : p[i];
+}
+
 // Elements [from, n) of pass 1 in scalar code: the update, moments to scratch, running absmax.
-template <bool kFma, bool kDecay>
+template <bool kFma, bool kDecay, bool kUpdates>
 inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps& q, float* mt, float* vt,
                         float& amax_m, float& amax_v) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2, old_m = *b.ma, old_v = *b.va;
@@ -100,7 +111,8 @@ inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps
     const float am = std::fabs(m), av = std::fabs(v);
     amax_m = am > amax_m ? am : amax_m;  // a NaN element leaves the maximum as it is
     amax_v = av > amax_v ? av : amax_v;
-    b.p[i] = NewParam<kFma, kDecay>(h, r1, r2, b.p[i], m, v);
+    const float p = ReadParam<kDecay, kUpdates>(b.p, i);
+    b.out[i] = kUpdates ? Update<kFma, kDecay>(h, r1, r2, p, m, v) : NewParam<kFma, kDecay>(h, r1, r2, p, m, v);
   }
 }
 
@@ -142,14 +154,18 @@ inline void Finish(const Block& b, const float* mt, const float* vt, float amax_
   sv = Scale(amax_v);
 }
 
-template <bool kFma, bool kDecay>
+// The blocks of a span from the block at offset a (element) and k (block).
+inline Block SubBlock(const Block& span, int64_t a, int64_t k, int64_t block_size) {
+  return Block{span.p + a,  span.out + a, span.g + a, span.mc + a, span.ma + k,
+               span.vc + a, span.va + k,  std::min(block_size, span.n - a)};
+}
+
+template <bool kFma, bool kDecay, bool kUpdates>
 void SpanPortable(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt, float* vt) {
   for (int64_t k = 0; k * block_size < span.n; ++k) {
-    const int64_t a = k * block_size;
-    const Block b{span.p + a, span.g + a, span.mc + a, span.ma + k, span.vc + a, span.va + k,
-                  std::min(block_size, span.n - a)};
+    const Block b = SubBlock(span, k * block_size, k, block_size);
     float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
-    Pass1Scalar<kFma, kDecay>(b, 0, h, q, mt, vt, amax_m, amax_v);
+    Pass1Scalar<kFma, kDecay, kUpdates>(b, 0, h, q, mt, vt, amax_m, amax_v);
     Finish(b, mt, vt, amax_m, amax_v, sm, sv);
     Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
   }
@@ -240,7 +256,7 @@ ADAM_JAX_AVX2 inline void StorePacked32(void* out, __m256i packed) {
 
 // Consecutive blocks of block_size elements (the last may be partial): span.n elements from span.p, ...,
 // one absmax each from span.ma, span.va.
-template <bool kDecay>
+template <bool kDecay, bool kUpdates>
 ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt,
                             float* vt) {
   const __m256 one_minus_b1 = _mm256_set1_ps(h.one_minus_b1), b1 = _mm256_set1_ps(h.b1);
@@ -262,9 +278,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
                     _mm256_loadu_ps(v_next), _mm256_loadu_ps(q.v_c1),
                     _mm256_loadu_ps(q.v_c0), _mm256_set1_epi32(0xff)};
   for (int64_t k = 0; k * block_size < span.n; ++k) {
-    const int64_t a0 = k * block_size;
-    const Block b{span.p + a0, span.g + a0, span.mc + a0, span.ma + k, span.vc + a0, span.va + k,
-                  std::min(block_size, span.n - a0)};
+    const Block b = SubBlock(span, k * block_size, k, block_size);
     const int64_t n8 = b.n & ~int64_t{7};
     const __m256 old_m = _mm256_set1_ps(*b.ma), old_v = _mm256_set1_ps(*b.va);
     __m256 amax_m8 = _mm256_setzero_ps(), amax_v8 = _mm256_setzero_ps();
@@ -283,12 +297,16 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
       amax_v8 = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax_v8);
       const __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(v, r2, eps_root)), eps);
       __m256 d = _mm256_div_ps(_mm256_mul_ps(m, r1), denom);
-      const __m256 p = _mm256_loadu_ps(b.p + i);
-      if constexpr (kDecay) d = _mm256_fmadd_ps(wd, p, d);
-      _mm256_storeu_ps(b.p + i, _mm256_fmadd_ps(neg_lr, d, p));
+      if constexpr (kUpdates && !kDecay) {
+        _mm256_storeu_ps(b.out + i, _mm256_mul_ps(neg_lr, d));
+      } else {
+        const __m256 p = _mm256_loadu_ps(b.p + i);
+        if constexpr (kDecay) d = _mm256_fmadd_ps(wd, p, d);
+        _mm256_storeu_ps(b.out + i, kUpdates ? _mm256_mul_ps(neg_lr, d) : _mm256_fmadd_ps(neg_lr, d, p));
+      }
     }
     float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
-    Pass1Scalar<true, kDecay>(b, n8, h, q, mt, vt, amax_m, amax_v);
+    Pass1Scalar<true, kDecay, kUpdates>(b, n8, h, q, mt, vt, amax_m, amax_v);
     Finish(b, mt, vt, amax_m, amax_v, sm, sv);
 
     const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
@@ -318,17 +336,21 @@ bool HasAvx2Fma() {
 
 using SpanFn = void (*)(const Block&, int64_t, const Hyper&, const Maps&, float*, float*);
 
-SpanFn ChooseSpanFn(bool decay) {
+SpanFn ChooseSpanFn(bool decay, bool updates) {
 #if defined(ADAM_JAX_HAVE_AVX2_PATH)
   static const bool avx2 = HasAvx2Fma();
-  if (avx2) return decay ? SpanAvx2<true> : SpanAvx2<false>;
+  if (avx2) {
+    if (updates) return decay ? SpanAvx2<true, true> : SpanAvx2<false, true>;
+    return decay ? SpanAvx2<true, false> : SpanAvx2<false, false>;
+  }
 #endif
 #if defined(__aarch64__) || defined(__FMA__)
   constexpr bool kFma = true;  // the baseline of this target has FMA, as XLA's code uses
 #else
   constexpr bool kFma = false;
 #endif
-  return decay ? SpanPortable<kFma, true> : SpanPortable<kFma, false>;
+  if (updates) return decay ? SpanPortable<kFma, true, true> : SpanPortable<kFma, false, true>;
+  return decay ? SpanPortable<kFma, true, false> : SpanPortable<kFma, false, false>;
 }
 
 struct Leaf8 {
@@ -350,28 +372,32 @@ struct Item {
   int64_t leaf, first_block, num_blocks;
 };
 
-// Blocks [first, first + count) of one leaf.
-void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, const Maps& q, SpanFn fn,
-             std::vector<float>& scratch) {
+// Blocks [first, first + count) of one leaf. leaf.p is the params result (step) or the update (updates).
+void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size, bool updates, const Maps& q,
+             SpanFn fn, std::vector<float>& scratch) {
   const int64_t lo = first * block_size, hi = std::min(leaf.size, (first + count) * block_size), n = hi - lo;
-  CopyIfNotAliased(leaf.p + lo, leaf.p_in + lo, n);
+  if (!updates) CopyIfNotAliased(leaf.p + lo, leaf.p_in + lo, n);
   CopyIfNotAliased(leaf.mc + lo, leaf.mc_in + lo, n);
   CopyIfNotAliased(leaf.vc + lo, leaf.vc_in + lo, n);
   CopyIfNotAliased(leaf.ma + first, leaf.ma_in + first, count);
   CopyIfNotAliased(leaf.va + first, leaf.va_in + first, count);
-  const bool same = Overlaps(leaf.g + lo, n * sizeof(float), leaf.p + lo, n * sizeof(float));
+  // The same array passed as params and grads, updated in place: read the grads from a copy. (The update is a
+  // buffer of its own, and params are never written then.)
+  const bool same = !updates && Overlaps(leaf.g + lo, n * sizeof(float), leaf.p + lo, n * sizeof(float));
   scratch.resize(2 * block_size + (same ? n : 0));
   const float* g = leaf.g + lo;
-  if (same) {  // the same array passed as params and grads
+  if (same) {
     std::memcpy(scratch.data() + 2 * block_size, g, n * sizeof(float));
     g = scratch.data() + 2 * block_size;
   }
-  fn(Block{leaf.p + lo, g, leaf.mc + lo, leaf.ma + first, leaf.vc + lo, leaf.va + first, n}, block_size, *leaf.h, q,
-     scratch.data(), scratch.data() + block_size);
+  const float* p = updates ? leaf.p_in + lo : leaf.p + lo;
+  fn(Block{p, leaf.p + lo, g, leaf.mc + lo, leaf.ma + first, leaf.vc + lo, leaf.va + first, n}, block_size, *leaf.h,
+     q, scratch.data(), scratch.data() + block_size);
 }
 
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> maps,
-                     ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size) {
+                     ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size,
+                     int32_t updates) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 10 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
@@ -429,10 +455,10 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
       }
     }
   }
-  const SpanFn fn = ChooseSpanFn(decay != 0);
+  const SpanFn fn = ChooseSpanFn(decay != 0, updates != 0);
   ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t k, std::vector<float>& scratch) {
     const Item& item = items[k];
-    RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, q, fn, scratch);
+    RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, updates != 0, q, fn, scratch);
   });
   return ffi::Error::Success();
 }
@@ -449,4 +475,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam8, Adam8Impl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
-                                  .Attr<int32_t>("block_size"));
+                                  .Attr<int32_t>("block_size")
+                                  .Attr<int32_t>("updates"));

@@ -64,11 +64,24 @@ inline float SecondMoment(const Hyper& h, float g, float v) {
   return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
 }
 
+// The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales.
 template <bool kFma, bool kDecay>
-inline float NewParam(const Hyper& h, float r1, float r2, float p, float m, float v) {
+inline float Direction(const Hyper& h, float r1, float r2, float p, float m, float v) {
   float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
-  return Fma<kFma>(h.neg_lr, d, p);
+  return d;
+}
+
+// The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
+template <bool kFma, bool kDecay>
+inline float NewParam(const Hyper& h, float r1, float r2, float p, float m, float v) {
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay>(h, r1, r2, p, m, v), p);
+}
+
+// The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).
+template <bool kFma, bool kDecay>
+inline float Update(const Hyper& h, float r1, float r2, float p, float m, float v) {
+  return h.neg_lr * Direction<kFma, kDecay>(h, r1, r2, p, m, v);
 }
 
 // Results not aliased to their operands start as a copy of them, then are updated in place.

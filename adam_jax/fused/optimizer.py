@@ -3,10 +3,11 @@ r"""Adam and AdamW whose step can run as one fused pass over memory, in place.
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
 launches them for every leaf. :func:`adam` and :func:`adamw` here return the same optimizers as
-:func:`adam_jax.adam` and :func:`adam_jax.adamw` (their ``init`` and ``update`` *are* the composed
-chain, state included), plus a ``step(params, grads, state) -> (params, state)`` that applies the
-update too. On CPU, with the kernels built, ``step`` is one C++ call per group of leaves that updates
-params and moments in the buffers it was given (donate them, see :func:`adam_jax.make_train_step`):
+:func:`adam_jax.adam` and :func:`adam_jax.adamw` (``init`` is the composed chain's, ``update`` returns
+its updates and state, and ``chain`` is the chain itself), plus a ``step(params, grads, state) -> (params,
+state)`` that applies the update too. On CPU, with the kernels built, ``step`` is one C++ call per group of
+leaves that updates params and moments in the buffers it was given (donate them, see
+:func:`adam_jax.make_train_step`):
 
 - float32 params with float32 moments: ``adam_kernel.cc``, 28 B/param;
 - float32 params with 8-bit moments (``mu_dtype='int8', nu_dtype='uint8'``, or signed/unsigned
@@ -14,14 +15,22 @@ params and moments in the buffers it was given (donate them, see :func:`adam_jax
   updates and requantizes each block in cache, 16 B/param (leaves below ``min_size`` keep float32
   moments and take the first kernel).
 
+``update`` (what ``optax.chain``, ``flax.nnx.Optimizer`` and ``TrainState`` call) takes the 8-bit kernel too,
+for the 8-bit leaves: it writes the update :math:`-\alpha_t d_t` over each leaf's gradient buffer instead of
+updating the params (a whole train step with the composed 8-bit chain in XLA took 2.5x as long on a 2-core CPU,
+``python -m benchmarks.train_step --eight-bit --leaves 16``); its other leaves, and
+derivatives through it (``jax.grad``), are the chain's. Float32 leaves stay on the chain in ``update``: a
+kernel that writes updates moves as many bytes as XLA's code does.
+
 Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
 arrays, ``eps=0``, a float64 hyperparameter under ``jax_enable_x64``, no kernel) ``step`` is ``update``
-followed by ``optax.apply_updates``, the composed chain under jit.
+followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is the chain's.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
 per-decade constants of the dynamic map, from :func:`adam_jax.quantization.kernel_constants`), so one
-step is bitwise the chain's jitted on its own, with the gradients computed before it (checked in the tests).
+step is bitwise the chain's jitted on its own, with the gradients computed before it, and ``update`` is
+bitwise the chain's ``update`` (checked in the tests).
 Compiled inside a larger program (the step in a ``lax.scan``, or fused with a gradient that XLA can simplify
 into the update, such as that of ``sum(3 * p**2)``) XLA may contract the chain's products into
 fused multiply-adds differently, and the two then differ by rounding (2.4e-7 at most, on params of order 1, after
@@ -56,15 +65,17 @@ MAX_LEAVES_PER_CALL = 32  # compile time of one call grows faster than linearly 
 
 
 class FusedTransformation(NamedTuple):
-    """An optax transform (``init``, ``update``: the composed chain) with a fused ``step``.
+    """An optax transform (``init``, ``update``) with a fused ``step``, and the composed ``chain`` it computes.
 
-    ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to
-    ``update`` then ``optax.apply_updates``.
+    ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to ``update`` then
+    ``optax.apply_updates``. ``update`` is ``chain.update``, with the 8-bit leaves on the CPU kernel where it
+    applies (the same updates and state); ``chain`` is the pure-XLA definition (``adam_jax.adam``/``adamw``).
     """
 
     init: optax.TransformInitFn
     update: optax.TransformUpdateExtraArgsFn
     step: Callable[[optax.Params, optax.Updates, optax.OptState], tuple[optax.Params, optax.OptState]]
+    chain: optax.GradientTransformation
 
 
 def _f32(x: Any) -> jax.Array:
@@ -90,18 +101,32 @@ def _kernel_call(scalars, p, g, m, v, decay: bool):
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
-def _kernel8_call(scalars, p, g, m, v, decay: bool):
-    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size)."""
+def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
+    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size).
+
+    Returns new params, mu and nu; with ``updates`` the chain's updates in place of the params (which are then
+    only read, and only for the decay).
+    """
     k = len(p)
     block_size = m[0].block_size
     operands = [*p, *g, *(q.codes for q in m), *(q.absmax for q in m), *(q.codes for q in v), *(q.absmax for q in v)]
-    # Results: params, mu codes, mu absmax, nu codes, nu absmax; operand j of group i is 2 + i * k + j.
+    # Results: params (or updates), mu codes, mu absmax, nu codes, nu absmax; operand j of group i is 2 + i * k + j.
     groups = [0, 2, 3, 4, 5]
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for i in groups for x in operands[i * k : (i + 1) * k]]
-    aliases = {2 + i * k + j: r * k + j for r, i in enumerate(groups) for j in range(k)}
+    aliases = {2 + i * k + j: r * k + j for r, i in enumerate(groups) for j in range(k) if not (updates and i == 0)}
+    if updates:  # each update overwrites its gradient, read just before (no buffer of its own to allocate)...
+        # ...unless the grads stand in for params not given: XLA would copy them first.
+        aliases.update({2 + k + j: j for j in range(k) if g[j] is not p[j]})
     call = jax.ffi.ffi_call(_library.TARGET_8BIT, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
     maps = jnp.asarray(quantization.kernel_constants())
-    out = call(scalars, maps, *operands, decay=np.int32(decay), block_size=np.int32(block_size))
+    out = call(
+        scalars,
+        maps,
+        *operands,
+        decay=np.int32(decay),
+        block_size=np.int32(block_size),
+        updates=np.int32(updates),
+    )
     new_p, mc, ma, vc, va = (out[r * k : (r + 1) * k] for r in range(5))
     new_m = [dataclasses.replace(q, codes=c, absmax=a) for q, c, a in zip(m, mc, ma)]
     new_v = [dataclasses.replace(q, codes=c, absmax=a) for q, c, a in zip(v, vc, va)]
@@ -132,10 +157,20 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
 
 
+def _is_state(state: Any, length: int) -> bool:
+    """Whether ``state`` has the structure of this optimizer's (a chain of ``length`` states, moments first)."""
+    ok = isinstance(state, tuple) and len(state) == length and isinstance(state[0], tuple) and state[0]
+    return bool(ok) and isinstance(state[0][0], MomentsState)
+
+
+def _chain_update(tx: optax.GradientTransformation, without_params: bool, grads, state, params):
+    """``tx.update`` with the operands of the kernel's update (where params were not given, the grads stood in)."""
+    return tx.update(grads, state, None if without_params else params)
+
+
 def _check_state(state: Any, length: int, name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
-    ok = isinstance(state, tuple) and len(state) == length and isinstance(state[0], tuple) and state[0]
-    if not (ok and isinstance(state[0][0], MomentsState)):
+    if not _is_state(state, length):
         raise TypeError(
             f"fused.{name}(...).step needs the state made by the same optimizer's init (a chain of {length} states "
             f'beginning with adam_jax.MomentsState); got {type(state).__name__}'
@@ -203,21 +238,28 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         return aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask, **storage)
 
     tx = make_tx(mask)
+    name, n_states = ('adam', 2) if weight_decay is None else ('adamw', 3)
 
     def chain_step(params, grads, state):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def chain_leaves(index, p, g, m, v, state, decay_flags):
-        """The chain's step for leaves ``index`` of the flat lists (kind 'chain'): params, mu and nu leaves."""
+    def chain_leaves(index, p, g, m, v, state, decay_flags, updates):
+        """The chain for leaves ``index`` of the flat lists: their new params (or, with ``updates``, their updates),
+        mu and nu leaves."""
         (moments, *direction_rest), *middle, lr_state = state
         pick = lambda leaves: [leaves[i] for i in index]  # noqa: E731
         sub_tx = make_tx(None if mask is None else pick(decay_flags))  # the same state structure as tx's
         sub_state = ((moments._replace(mu=pick(m), nu=pick(v)), *direction_rest), *middle, lr_state)
-        updates, ((new_moments, *_), *_) = sub_tx.update(pick(g), sub_state, pick(p))
-        return optax.apply_updates(pick(p), updates), new_moments.mu, new_moments.nu
+        new, ((new_moments, *_), *_) = sub_tx.update(pick(g), sub_state, pick(p))
+        if not updates:
+            new = optax.apply_updates(pick(p), new)
+        return new, new_moments.mu, new_moments.nu
 
-    def kernel_step(params, grads, state, decay_flags, kinds):
+    def kernel_step(params, grads, state, decay_flags, kinds, updates=False):
+        """The step (new params, state) on the kernels; with ``updates``, (updates, state) with the 8-bit leaves on
+        the kernel and the others on the chain (a float32 kernel writing updates would move as many bytes as the
+        chain does)."""
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
@@ -246,9 +288,11 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         p, treedef = jax.tree.flatten(params)
         g, m, v = jax.tree.leaves(grads), _moment_leaves(moments.mu), _moment_leaves(moments.nu)
         new_p, new_m, new_v = list(p), list(m), list(v)
+        if updates:
+            kinds = [('chain',) if kind == ('f32',) else kind for kind in kinds]
         index = [i for i, kind in enumerate(kinds) if kind == ('chain',)]
         if index:
-            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags)):
+            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags, updates)):
                 new_p[i], new_m[i], new_v[i] = new
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
         for group in sorted(set(zip(kinds, decay_flags))):
@@ -258,7 +302,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
                 continue
             for start in range(0, len(index), MAX_LEAVES_PER_CALL):
                 part = index[start : start + MAX_LEAVES_PER_CALL]
-                outs = KERNELS[kind](scalars, *([x[i] for i in part] for x in (p, g, m, v)), decay=decay)
+                operands = ([x[i] for i in part] for x in (p, g, m, v))
+                outs = KERNELS[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
                 for target, out in zip((new_p, new_m, new_v), outs):
                     for i, x in zip(part, out):
                         target[i] = x
@@ -283,8 +328,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         flags = _concrete_bools(tree)
         return flags if flags is not None and len(flags) == n else None
 
-    def step(params, grads, state):
-        _check_state(state, 2 if weight_decay is None else 3, 'adam' if weight_decay is None else 'adamw')
+    def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
+        """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
         moments = state[0][0]
         flags = decay_flags(params)
         kinds = None
@@ -303,18 +348,43 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             and not _checks.is_known_zero(eps)
             and not any(map(_widens_to_float64, (learning_rate, b1, b2, eps, eps_root, weight_decay)))
         ):
-            return chain_step(params, grads, state)
-        if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
-            return kernel_step(params, grads, state, flags, kinds)
-        return jax.lax.platform_dependent(
-            params,
-            grads,
-            state,
-            cpu=lambda p, g, s: kernel_step(p, g, s, flags, kinds),
-            default=chain_step,
-        )
+            return None
+        return flags, kinds
 
-    return FusedTransformation(tx.init, tx.update, step)
+    def on_cpu(operands, kernel, chain):
+        """``kernel`` on CPU, ``chain`` elsewhere (only ``kernel`` is traced in a process without GPU or TPU)."""
+        if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
+            return kernel(*operands)
+        return jax.lax.platform_dependent(*operands, cpu=kernel, default=chain)
+
+    def step(params, grads, state):
+        _check_state(state, n_states, name)
+        plan = kernel_plan(params, grads, state)
+        if plan is None:
+            return chain_step(params, grads, state)
+        return on_cpu((params, grads, state), lambda p, g, s: kernel_step(p, g, s, *plan), chain_step)
+
+    def update(grads, state, params=None, **extra_args):
+        # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
+        # decay the kernel reads no params: the grads stand in for them when none are given.
+        if extra_args or not _is_state(state, n_states):
+            return tx.update(grads, state, params, **extra_args)  # (the chain's own errors for a foreign state)
+        chain_update = functools.partial(_chain_update, tx, params is None)
+        stand_in = grads if params is None and weight_decay is None else params
+        plan = None if stand_in is None else kernel_plan(stand_in, grads, state)
+        if plan is None or not any(kind[0] == '8bit' for kind in plan[1]):
+            return tx.update(grads, state, params)
+
+        @jax.custom_jvp
+        def kernel_update(g, s, p):
+            updates, s = kernel_step(p, g, s, *plan, updates=True)
+            return updates, s
+
+        # Derivatives are the chain's (whose values the kernel's are); the kernel has no rule of its own.
+        kernel_update.defjvp(lambda primals, tangents: jax.jvp(chain_update, primals, tangents))
+        return on_cpu((grads, state, stand_in), kernel_update, chain_update)
+
+    return FusedTransformation(tx.init, update, step, tx)
 
 
 def adam(
@@ -336,9 +406,10 @@ def adam(
        \theta_t = \theta_{t-1} - \alpha_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}}
        + \epsilon}
 
-    ``init`` and ``update`` are the composed chain's; ``step(params, grads, state)`` returns
-    ``(params, state)`` and runs the fused kernels on CPU for float32 params whose moments are float32
-    or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``); other storage runs the chain.
+    ``init`` is the composed chain's and ``update`` returns its updates and state (8-bit leaves on the CPU
+    kernel); ``step(params, grads, state)`` returns ``(params, state)`` and runs the fused kernels on CPU for
+    float32 params whose moments are float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``); other storage
+    runs the chain, which ``.chain`` also gives.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype)
 
