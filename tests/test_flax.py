@@ -83,8 +83,12 @@ def _mlp(p, x):
         adam_jax.adam(0.05, nu_dtype=adam_jax.Factored(4)),
         adam_jax.adafactor(0.05, min_dim_size_to_factor=4),
         adam_jax.skip_nonfinite(adam_jax.adam(0.05, mu_dtype=adam_jax.BlockQuantized(True, 16, 0))),
+        # update on the 8-bit kernel (where it is built): nnx.Optimizer calls update, not step
+        adam_jax.fused.adamw(
+            0.05, mu_dtype=adam_jax.BlockQuantized(True, 16, 0), nu_dtype=adam_jax.BlockQuantized(False, 16, 0)
+        ),
     ],
-    ids=['8-bit', 'factored', 'adafactor', 'skip_nonfinite(8-bit)'],
+    ids=['8-bit', 'factored', 'adafactor', 'skip_nonfinite(8-bit)', 'fused 8-bit'],
 )
 def test_nnx_optimizer_with_compressed_moments_trains_like_the_functional_loop(tx):
     # Moments that are pytrees (QuantizedArray, FactoredMoment) used to be built inside nnx's Param boxes and broke
@@ -97,7 +101,7 @@ def test_nnx_optimizer_with_compressed_moments_trains_like_the_functional_loop(t
     @jax.jit
     def step(params, state):
         grads = jax.grad(lambda p: jnp.mean((_mlp(p, x) - y) ** 2))(params)
-        updates, state = tx.update(grads, state, params)
+        updates, state = getattr(tx, 'chain', tx).update(grads, state, params)  # fused: against the composed chain
         return optax.apply_updates(params, updates), state
 
     for _ in range(STEPS):
