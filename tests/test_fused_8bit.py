@@ -242,6 +242,21 @@ def test_update_overwrites_only_grads_it_may_and_carries_the_chains_derivatives(
     assert leaves_equal(got, want)
     assert float(jnp.max(jnp.abs(got[0]['kernel']))) > 0  # a derivative that is not zero
 
+    # A hypergradient: the learning rate and decay rate, traced by inject_hyperparams, reach the rule too.
+    def hypergradient(make):
+        tx = optax.inject_hyperparams(make)(learning_rate=1e-2, b1=0.9, weight_decay=0.1, **EIGHT_BIT)
+        start = tx.init(params)
+
+        def f(lr, b1):
+            hyper = {**start.hyperparams, 'learning_rate': lr, 'b1': b1}
+            updates, _ = tx.update(grads, start._replace(hyperparams=hyper), params)
+            return sum(jnp.sum(jnp.sin(u)) for u in jax.tree.leaves(updates))
+
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.float32(1e-2), jnp.float32(0.9))
+
+    got, want = hypergradient(fused.adamw), hypergradient(adam_jax.adamw)
+    assert leaves_equal(got, want) and float(got[0]) != 0
+
 
 def test_other_storage_and_no_kernel_fall_back_to_the_chain(monkeypatch):
     params = tree()

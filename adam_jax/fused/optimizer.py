@@ -163,11 +163,6 @@ def _is_state(state: Any, length: int) -> bool:
     return bool(ok) and isinstance(state[0][0], MomentsState)
 
 
-def _chain_update(tx: optax.GradientTransformation, without_params: bool, grads, state, params):
-    """``tx.update`` with the operands of the kernel's update (where params were not given, the grads stood in)."""
-    return tx.update(grads, state, None if without_params else params)
-
-
 def _check_state(state: Any, length: int, name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
     if not _is_state(state, length):
@@ -231,11 +226,17 @@ def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
 
 def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype) -> FusedTransformation:
     storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
+    # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
+    # constants, as they are in the chain.
+    hyper = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+    traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
 
-    def make_tx(mask):
+    def make_tx(mask, h=hyper):
+        args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'])
         if weight_decay is None:
-            return aliases.adam(learning_rate, b1, b2, eps, eps_root, **storage)
-        return aliases.adamw(learning_rate, b1, b2, eps, eps_root, weight_decay=weight_decay, mask=mask, **storage)
+            return aliases.adam(*args, **storage)
+        return aliases.adamw(*args, weight_decay=h['weight_decay'], mask=mask, **storage)
 
     tx = make_tx(mask)
     name, n_states = ('adam', 2) if weight_decay is None else ('adamw', 3)
@@ -244,31 +245,32 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def chain_leaves(index, p, g, m, v, state, decay_flags, updates):
+    def chain_leaves(index, p, g, m, v, state, decay_flags, updates, h):
         """The chain for leaves ``index`` of the flat lists: their new params (or, with ``updates``, their updates),
         mu and nu leaves."""
         (moments, *direction_rest), *middle, lr_state = state
         pick = lambda leaves: [leaves[i] for i in index]  # noqa: E731
-        sub_tx = make_tx(None if mask is None else pick(decay_flags))  # the same state structure as tx's
+        sub_tx = make_tx(None if mask is None else pick(decay_flags), h)  # the same state structure as tx's
         sub_state = ((moments._replace(mu=pick(m), nu=pick(v)), *direction_rest), *middle, lr_state)
         new, ((new_moments, *_), *_) = sub_tx.update(pick(g), sub_state, pick(p))
         if not updates:
             new = optax.apply_updates(pick(p), new)
         return new, new_moments.mu, new_moments.nu
 
-    def kernel_step(params, grads, state, decay_flags, kinds, updates=False):
+    def kernel_step(params, grads, state, decay_flags, kinds, updates=False, h=hyper):
         """The step (new params, state) on the kernels; with ``updates``, (updates, state) with the 8-bit leaves on
         the kernel and the others on the chain (a float32 kernel writing updates would move as many bytes as the
-        chain does)."""
+        chain does). ``h``: the hyperparameters by name."""
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
+        learning_rate, b1, b2, eps, eps_root = (h[k] for k in ('learning_rate', 'b1', 'b2', 'eps', 'eps_root'))
         if callable(learning_rate):
             neg_lr = -1 * learning_rate(lr_state.count)
             lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
         else:
             neg_lr = -learning_rate
-        wd = 0.0 if weight_decay is None else weight_decay
+        wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
         check_correctable('b1', b1, params, False)  # as the chain's bias_correct refuses them
         check_correctable('b2', b2, params, False)
         scalars = jnp.stack(
@@ -292,7 +294,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             kinds = [('chain',) if kind == ('f32',) else kind for kind in kinds]
         index = [i for i, kind in enumerate(kinds) if kind == ('chain',)]
         if index:
-            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags, updates)):
+            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags, updates, h)):
                 new_p[i], new_m[i], new_v[i] = new
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
         for group in sorted(set(zip(kinds, decay_flags))):
@@ -369,20 +371,21 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         # decay the kernel reads no params: the grads stand in for them when none are given.
         if extra_args or not _is_state(state, n_states):
             return tx.update(grads, state, params, **extra_args)  # (the chain's own errors for a foreign state)
-        chain_update = functools.partial(_chain_update, tx, params is None)
         stand_in = grads if params is None and weight_decay is None else params
         plan = None if stand_in is None else kernel_plan(stand_in, grads, state)
         if plan is None or not any(kind[0] == '8bit' for kind in plan[1]):
             return tx.update(grads, state, params)
 
+        def chain_update(g, s, p, h):  # the chain, on the operands of the kernel's update
+            return make_tx(mask, {**hyper, **h}).update(g, s, None if params is None else p)
+
         @jax.custom_jvp
-        def kernel_update(g, s, p):
-            updates, s = kernel_step(p, g, s, *plan, updates=True)
-            return updates, s
+        def kernel_update(g, s, p, h):
+            return kernel_step(p, g, s, *plan, updates=True, h={**hyper, **h})
 
         # Derivatives are the chain's (whose values the kernel's are); the kernel has no rule of its own.
         kernel_update.defjvp(lambda primals, tangents: jax.jvp(chain_update, primals, tangents))
-        return on_cpu((grads, state, stand_in), kernel_update, chain_update)
+        return on_cpu((grads, state, stand_in, traced), kernel_update, chain_update)
 
     return FusedTransformation(tx.init, update, step, tx)
 
