@@ -364,6 +364,34 @@ def test_vmapped_step_is_bitwise_the_vmapped_chain(storage):
     assert np.asarray(state[0][0].count).tolist() == [5, 10, 17]
 
 
+@needs_kernel
+@pytest.mark.parametrize('storage', [{}, EIGHT_BIT], ids=['float32', '8-bit'])
+def test_derivatives_through_the_step_are_the_chains(storage):
+    # An unrolled inner loop differentiated for its start point or its learning rate (meta-learning): the kernel
+    # gives the values, the chain the derivatives (float32 state carries them; 8-bit state is a constant to them).
+    def unrolled(make):
+        def f(p0, lr):
+            opt = make(lr)
+            p, state = p0, opt.init(p0)
+            for t in range(3):
+                p, state = opt.step(p, grads_at(p, t), state)
+            return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(p))
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(tree(), jnp.float32(1e-2))
+
+    got = unrolled(lambda lr: fused.adamw(lr, weight_decay=0.1, **storage))
+    want = unrolled(lambda lr: _ChainStep(fused.adamw(lr, weight_decay=0.1, **storage).chain))
+    assert leaves_equal(got, want)
+    assert float(got[1][1]) != 0 and float(jnp.max(jnp.abs(got[1][0]['kernel']))) > 0
+
+
+class _ChainStep:
+    """An optimizer whose step is the composed chain's update + apply_updates."""
+
+    def __init__(self, opt):
+        self.init, self.step = opt.init, chain_step(opt)
+
+
 MESH_SCRIPT = """
 import os, json
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'

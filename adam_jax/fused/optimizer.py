@@ -359,12 +359,24 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             return kernel(*operands)
         return jax.lax.platform_dependent(*operands, cpu=kernel, default=chain)
 
+    def with_chain_derivatives(kernel, chain):
+        """``kernel`` with the derivatives of ``chain``, whose values it computes (an FFI call has no rule)."""
+        kernel = jax.custom_jvp(kernel)
+        kernel.defjvp(lambda primals, tangents: jax.jvp(chain, primals, tangents))
+        return kernel
+
     def step(params, grads, state):
         _check_state(state, n_states, name)
         plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
-        return on_cpu((params, grads, state), lambda p, g, s: kernel_step(p, g, s, *plan), chain_step)
+
+        def chain(p, g, s, h):
+            updates, s = make_tx(mask, {**hyper, **h}).update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        kernel = with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, *plan, h={**hyper, **h}), chain)
+        return on_cpu((params, grads, state, traced), kernel, chain)
 
     def update(grads, state, params=None, **extra_args):
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
@@ -376,16 +388,13 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         if plan is None or not any(kind[0] == '8bit' for kind in plan[1]):
             return tx.update(grads, state, params)
 
-        def chain_update(g, s, p, h):  # the chain, on the operands of the kernel's update
+        def chain(g, s, p, h):  # on the operands of the kernel's update
             return make_tx(mask, {**hyper, **h}).update(g, s, None if params is None else p)
 
-        @jax.custom_jvp
-        def kernel_update(g, s, p, h):
-            return kernel_step(p, g, s, *plan, updates=True, h={**hyper, **h})
-
-        # Derivatives are the chain's (whose values the kernel's are); the kernel has no rule of its own.
-        kernel_update.defjvp(lambda primals, tangents: jax.jvp(chain_update, primals, tangents))
-        return on_cpu((grads, state, stand_in, traced), kernel_update, chain_update)
+        kernel = with_chain_derivatives(
+            lambda g, s, p, h: kernel_step(p, g, s, *plan, updates=True, h={**hyper, **h}), chain
+        )
+        return on_cpu((grads, state, stand_in, traced), kernel, chain)
 
     return FusedTransformation(tx.init, update, step, tx)
 
