@@ -18,9 +18,10 @@ leaves that updates params and moments in the buffers it was given (donate them,
 ``update`` (what ``optax.chain``, ``flax.nnx.Optimizer`` and ``TrainState`` call) takes the 8-bit kernel too,
 for the 8-bit leaves: it writes the update :math:`-\alpha_t d_t` over each leaf's gradient buffer instead of
 updating the params (a whole train step with the composed 8-bit chain in XLA took 2.5x as long on a 2-core CPU,
-``python -m benchmarks.train_step --eight-bit --leaves 16``); its other leaves, and
-derivatives through it (``jax.grad``), are the chain's. Float32 leaves stay on the chain in ``update``: a
-kernel that writes updates moves as many bytes as XLA's code does.
+``python -m benchmarks.train_step --eight-bit --leaves 16``); its other leaves are the chain's. Float32 leaves
+stay on the chain in ``update``: a kernel that writes updates moves as many bytes as XLA's code does.
+Derivatives through ``step`` and ``update`` (``jax.grad``, for the params, the grads or hyperparameters traced
+by ``optax.inject_hyperparams``) are the chain's: each kernel call is a ``custom_jvp`` whose rule is the chain's.
 
 Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
 arrays, ``eps=0``, a float64 hyperparameter under ``jax_enable_x64``, no kernel) ``step`` is ``update``
