@@ -332,13 +332,17 @@ def test_every_code_decodes_and_every_decade_encodes_as_in_the_chain():
 
 def test_the_kernels_decade_formula_matches_the_float32_thresholds():
     """adam8_kernel.cc finds the decade of a in [0, 1] from its binary exponent b: the thresholds 10^-j at or
-    above 2^(126 - b) number ((126 - b) * 19729) >> 16, and at most one lies inside the binade."""
+    above 2^(126 - b) number ((126 - b) * 19729) >> 16 (at most k), and at most one lies inside the binade. The
+    kernel caps 126 - b at the least value that gives k instead of capping the result (and NaN's b = 255 gives 0)."""
     for signed in (True, False):
         lower, _, _ = adam_jax.quantization.encode_constants(signed)
         k = lower.size - 1
-        for b in range(0, 128):
+        cap = (k * 65536 + 19728) // 19729
+        for b in range(0, 256):
             top = 2.0 ** (b - 126)
-            assert sum(float(x) >= top for x in lower[1:]) == min((max(126 - b, 0) * 19729) >> 16, k)
+            count = sum(float(x) >= top for x in lower[1:])
+            assert count == min((max(126 - b, 0) * 19729) >> 16, k)
+            assert count == (max(126 - max(b, 126 - cap), 0) * 19729) >> 16  # the kernel's form
             assert sum(top / 2 <= float(x) < top for x in lower[1:]) <= 1
 
 

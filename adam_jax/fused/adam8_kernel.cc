@@ -183,35 +183,37 @@ ADAM_JAX_AVX2 inline float MaxLanes(__m256 x) {
 
 // round(fma(a, C1[e], C0[e])) as int32 for a in [0, 1] or NaN, with e = #{1 <= j <= k : a < lower[j]} found
 // from the binary exponent of a: of the thresholds 10^-j, those at or above the top 2^(126 - b) of a's binade
-// (b: biased exponent) number e0 = floor((126 - b) log10 2) = ((126 - b) 19729) >> 16 (exact for every
-// binade of float32, checked in the tests), and at most one more lies inside the binade (10 > 2), so one
-// compare with next_lower[e0] = lower[e0 + 1] settles e (next_lower[k] = 0: never). A NaN gives e = 0 and
-// converts to INT32_MIN (code 0), as in XLA. The conversion rounds to nearest even (the MXCSR default).
+// (b: biased exponent) number e0 = min(floor(m log10 2), k) with m = max(126 - b, 0), and floor(m log10 2) =
+// (m 19729) >> 16 (exact for every binade of float32, checked in the tests); at most one more lies inside the
+// binade (10 > 2), so one compare with next_lower[e0] = lower[e0 + 1] settles e (next_lower[k] = 0: never).
+// A NaN gives e = 0 and converts to INT32_MIN (code 0), as in XLA. The conversion rounds to nearest even (the
+// MXCSR default).
 ADAM_JAX_AVX2 inline __m256i EncodeMagnitude8(__m256 a, int k, __m256 next_lower, __m256 c1, __m256 c0) {
-  const __m256i top = _mm256_sub_epi32(_mm256_set1_epi32(126), _mm256_srli_epi32(_mm256_castps_si256(a), 23));
-  const __m256i m = _mm256_max_epi32(top, _mm256_setzero_si256());
-  // m <= 127 sits in the low 16-bit half of each lane (the high half is 0), so the unsigned high product of the
-  // 16-bit halves is (m 19729) >> 16 in the low half and 0 in the high one: the shift comes free.
-  __m256i e = _mm256_min_epi32(_mm256_mulhi_epu16(m, _mm256_set1_epi32(19729)), _mm256_set1_epi32(k));
+  // b <= 255 sits in the low 16-bit half of each lane (the high half is 0): 16-bit unsigned arithmetic on the halves
+  // is 32-bit arithmetic on the lanes. Capping m at the least value whose e0 is k (b at 126 - cap from below) and
+  // subtracting with unsigned saturation (b = 127, a = 1, gives m = 0) spares the clamps of the 32-bit form; the
+  // unsigned high product is then (m 19729) >> 16 in the low half and 0 in the high one, the shift for free.
+  const int cap = (k * 65536 + 19728) / 19729;
+  const __m256i b = _mm256_max_epu16(_mm256_srli_epi32(_mm256_castps_si256(a), 23), _mm256_set1_epi32(126 - cap));
+  __m256i e = _mm256_mulhi_epu16(_mm256_subs_epu16(_mm256_set1_epi32(126), b), _mm256_set1_epi32(19729));
   e = _mm256_sub_epi32(e, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_permutevar8x32_ps(next_lower, e), _CMP_LT_OQ)));
   return _mm256_cvtps_epi32(_mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(c1, e), _mm256_permutevar8x32_ps(c0, e)));
 }
 
-// Q(n) for float magnitudes n: (n - c[e]) w[e], e = min(k + 127 - exponent bits of n, k), which is decode's
-// choice of decade (its thresholds are the powers of two 2^(k-e+1)); n = 0 falls in decade k (Q = 0).
-// kClampLow: n may reach 2^(k+1) (the signed map's unused code -128, which decode puts in decade 0).
-template <bool kClampLow>
+// Q(n) for float magnitudes n: (n - c[e]) w[e], e = min(max(k + 127 - b, 0), k) with b the exponent bits of n,
+// which is decode's choice of decade (its thresholds are the powers of two 2^(k-e+1)); n = 0 falls in decade k
+// (Q = 0), and n = 2^(k+1) (the signed map's unused code -128) in decade 0. As in EncodeMagnitude8, b sits in the
+// low 16-bit half of each lane: raising b to at least 127 and subtracting with unsigned saturation clamps e.
 ADAM_JAX_AVX2 inline __m256 DecodeMagnitude8(__m256 n, int k, __m256 c, __m256 w) {
-  __m256i e = _mm256_sub_epi32(_mm256_set1_epi32(k + 127), _mm256_srli_epi32(_mm256_castps_si256(n), 23));
-  if constexpr (kClampLow) e = _mm256_max_epi32(e, _mm256_setzero_si256());
-  e = _mm256_min_epi32(e, _mm256_set1_epi32(k));
+  const __m256i b = _mm256_max_epu16(_mm256_srli_epi32(_mm256_castps_si256(n), 23), _mm256_set1_epi32(127));
+  const __m256i e = _mm256_subs_epu16(_mm256_set1_epi32(k + 127), b);
   return _mm256_mul_ps(_mm256_sub_ps(n, _mm256_permutevar8x32_ps(c, e)), _mm256_permutevar8x32_ps(w, e));
 }
 
 // The signed map: Q(|x|) with the sign of x, for float codes x.
 ADAM_JAX_AVX2 inline __m256 DecodeSigned8(__m256 x, __m256 c, __m256 w) {
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
-  const __m256 magnitude = DecodeMagnitude8<true>(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w);
+  const __m256 magnitude = DecodeMagnitude8(_mm256_andnot_ps(sign, x), kDecadesSigned - 1, c, w);
   return _mm256_or_ps(magnitude, _mm256_and_ps(sign, x));
 }
 
@@ -286,7 +288,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
       const __m256i cm = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.mc + i)));
       const __m256i cv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.vc + i)));
       const __m256 mo = _mm256_mul_ps(DecodeSigned8(_mm256_cvtepi32_ps(cm), m_dc, m_dw), old_m);
-      const __m256 vq = DecodeMagnitude8<false>(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw);
+      const __m256 vq = DecodeMagnitude8(_mm256_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw);
       const __m256 vo = _mm256_mul_ps(vq, old_v);
       const __m256 g = _mm256_loadu_ps(b.g + i);
       const __m256 m = _mm256_fmadd_ps(one_minus_b1, g, _mm256_mul_ps(b1, mo));
