@@ -144,7 +144,7 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
         return None  # not the state of these params: the chain's update says so
     if quantization.is_quantized(m) and quantization.is_quantized(v):
         if m.signed and not v.signed and m.block_size == v.block_size:
-            return ('8bit', m.block_size)
+            return ('chain',) if p.size == 1 else ('8bit', m.block_size)  # (one-element leaves: see below)
         return None
     if quantization.is_quantized(m) or quantization.is_quantized(v) or factored.is_factored(v):
         return None
@@ -214,6 +214,17 @@ def _widens_to_float64(value: Any) -> bool:
         return False
     dtype = getattr(value, 'dtype', None)
     return dtype is not None and jnp.dtype(dtype) in (jnp.dtype(jnp.float64), jnp.dtype(jnp.complex128))
+
+
+def _captures_tracers(schedule: Any) -> bool:
+    """Whether a learning-rate schedule closes over traced values (a peak rate being meta-learned): derivatives with
+    respect to those could not reach the kernels' custom_jvp rule, so such a step runs the chain."""
+    if not callable(schedule):
+        return False
+    try:
+        return bool(jax.closure_convert(schedule, jnp.zeros((), jnp.int32))[1])
+    except Exception:  # a schedule that cannot be traced on its own: leave it to the chain
+        return True
 
 
 def _moment_leaves(tree: Any) -> list:
@@ -350,6 +361,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             # traced eps is unknown to XLA too, so it keeps the division)
             and not _checks.is_known_zero(eps)
             and not any(map(_widens_to_float64, (learning_rate, b1, b2, eps, eps_root, weight_decay)))
+            and not _captures_tracers(learning_rate)
         ):
             return None
         return flags, kinds
