@@ -30,8 +30,9 @@ followed by ``optax.apply_updates``, the composed chain under jit, and ``update`
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
 per-decade constants of the dynamic map, from :func:`adam_jax.quantization.kernel_constants`), so one
-step is bitwise the chain's jitted on its own, with the gradients computed before it, and ``update`` is
-bitwise the chain's ``update`` (checked in the tests).
+step is bitwise the chain's jitted on its own, with the gradients computed before it, and ``update`` under jit is
+bitwise the chain's jitted ``update`` (checked in the tests; called eagerly, the step's scalars are formed op by op
+and can differ from the jitted ones by an ulp, as the eager chain's do).
 Compiled inside a larger program (the step in a ``lax.scan``, or fused with a gradient that XLA can simplify
 into the update, such as that of ``sum(3 * p**2)``) XLA may contract the chain's products into
 fused multiply-adds differently, and the two then differ by rounding (2.4e-7 at most, on params of order 1, after
