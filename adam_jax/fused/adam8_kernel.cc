@@ -22,8 +22,9 @@
 // Operands: scalars f32[10], maps f32[kMapFloats], then params[n] f32, grads[n] f32, mu codes[n] s8,
 // mu absmax[n] f32, nu codes[n] u8, nu absmax[n] f32; results: params, mu codes, mu absmax, nu codes,
 // nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size, updates (0/1). With
-// updates = 1 the first result of each leaf is not the new params but the chain's update -lr d (a buffer of its
-// own; the params are only read, for the decay), which is what GradientTransformation.update returns. Under
+// updates = 1 the first result of each leaf is not the new params but the chain's update -lr d, which is what
+// GradientTransformation.update returns; the params are only read (for the decay), and the caller may alias the
+// result to the grads (each element's gradient is read before its update is written). Under
 // jax.vmap every operand carries a leading batch axis (see ReadHypers); each problem's leaf is quantized in
 // blocks of its own.
 
@@ -383,8 +384,8 @@ void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size
   CopyIfNotAliased(leaf.vc + lo, leaf.vc_in + lo, n);
   CopyIfNotAliased(leaf.ma + first, leaf.ma_in + first, count);
   CopyIfNotAliased(leaf.va + first, leaf.va_in + first, count);
-  // The same array passed as params and grads, updated in place: read the grads from a copy. (The update is a
-  // buffer of its own, and params are never written then.)
+  // The same array passed as params and grads, updated in place: read the grads from a copy. (With updates the
+  // params are never written; the update may overwrite the grads, element after element.)
   const bool same = !updates && Overlaps(leaf.g + lo, n * sizeof(float), leaf.p + lo, n * sizeof(float));
   scratch.resize(2 * block_size + (same ? n : 0));
   const float* g = leaf.g + lo;

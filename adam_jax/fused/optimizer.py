@@ -138,6 +138,14 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
 def _leaf_kind(p, g, m, v) -> tuple | None:
     """Which kernel updates this leaf: ('f32',), ('8bit', block_size), ('chain',) (the chain, inside a kernel step), or
     None (only a step of the chain alone can)."""
+    kind = _kernel_kind(p, g, m, v)
+    # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
+    # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
+    return ('chain',) if kind is not None and p.size == 1 else kind
+
+
+def _kernel_kind(p, g, m, v) -> tuple | None:
+    """The kernel whose operands this leaf's params, grads and moments are: ('f32',), ('8bit', block_size) or None."""
     f32 = jnp.dtype(jnp.float32)
     if not (getattr(p, 'dtype', None) == f32 and getattr(g, 'dtype', None) == f32 and p.shape == g.shape):
         return None
@@ -145,15 +153,13 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
         return None  # not the state of these params: the chain's update says so
     if quantization.is_quantized(m) and quantization.is_quantized(v):
         if m.signed and not v.signed and m.block_size == v.block_size:
-            return ('chain',) if p.size == 1 else ('8bit', m.block_size)  # (one-element leaves: see below)
+            return ('8bit', m.block_size)
         return None
     if quantization.is_quantized(m) or quantization.is_quantized(v) or factored.is_factored(v):
         return None
     if not (m.dtype == f32 and v.dtype == f32):
         return None
-    # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
-    # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
-    return ('chain',) if p.size == 1 else ('f32',)
+    return ('f32',)
 
 
 KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
@@ -254,8 +260,12 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
     tx = make_tx(mask)
     name, n_states = ('adam', 2) if weight_decay is None else ('adamw', 3)
 
-    def chain_step(params, grads, state):
-        updates, state = tx.update(grads, state, params)
+    def chain_with(h):
+        """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
+        return make_tx(mask, {**hyper, **h}) if h else tx
+
+    def chain_step(params, grads, state, h=None):
+        updates, state = chain_with(h).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     def chain_leaves(index, p, g, m, v, state, decay_flags, updates, h):
@@ -270,10 +280,11 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             new = optax.apply_updates(pick(p), new)
         return new, new_moments.mu, new_moments.nu
 
-    def kernel_step(params, grads, state, decay_flags, kinds, updates=False, h=hyper):
+    def kernel_step(params, grads, state, h, decay_flags, kinds, updates=False):
         """The step (new params, state) on the kernels; with ``updates``, (updates, state) with the 8-bit leaves on
         the kernel and the others on the chain (a float32 kernel writing updates would move as many bytes as the
-        chain does). ``h``: the hyperparameters by name."""
+        chain does). ``h``: hyperparameters in place of the given ones (the traced ones, as operands)."""
+        h = {**hyper, **h}
         # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
         (moments, *direction_rest), *middle, lr_state = state
         count = saturating_increment(moments.count)
@@ -384,13 +395,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
-
-        def chain(p, g, s, h):
-            updates, s = make_tx(mask, {**hyper, **h}).update(g, s, p)
-            return optax.apply_updates(p, updates), s
-
-        kernel = with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, *plan, h={**hyper, **h}), chain)
-        return on_cpu((params, grads, state, traced), kernel, chain)
+        kernel = with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, *plan), chain_step)
+        return on_cpu((params, grads, state, traced), kernel, chain_step)
 
     def update(grads, state, params=None, **extra_args):
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
@@ -403,11 +409,9 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             return tx.update(grads, state, params)
 
         def chain(g, s, p, h):  # on the operands of the kernel's update
-            return make_tx(mask, {**hyper, **h}).update(g, s, None if params is None else p)
+            return chain_with(h).update(g, s, None if params is None else p)
 
-        kernel = with_chain_derivatives(
-            lambda g, s, p, h: kernel_step(p, g, s, *plan, updates=True, h={**hyper, **h}), chain
-        )
+        kernel = with_chain_derivatives(lambda g, s, p, h: kernel_step(p, g, s, h, *plan, updates=True), chain)
         return on_cpu((grads, state, stand_in, traced), kernel, chain)
 
     return FusedTransformation(tx.init, update, step, tx)
