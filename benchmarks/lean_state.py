@@ -9,7 +9,13 @@ Run: ``python -m benchmarks.lean_state [--params 16_000_000] [--leaves 16] [--ro
 ``optax.apply_updates``. Configurations are interleaved in rounds (one timed
 step of each per round, in an order shuffled every round, after a warm-up) so that drift on a shared machine
 hits them alike; steps are jitted with params and state donated.
-Prints a markdown table of medians and ratios to the fp32 step, composed (``adam_jax.adam``) and fused.
+
+The rows run in two groups, one after the other, each with both fp32 steps (composed and fused) timed in its own
+rounds: first the steps that the issue's acceptance compares (fp32, bf16 and 8-bit on the kernel, optax fp32),
+then the slow ones (the composed 8-bit chains, ``update`` + ``apply_updates``, optax with a bf16 first moment),
+which allocate and fault in ~100 MiB of temporaries per step and slow down whatever step runs after them.
+Prints a markdown table of medians and ratios to the fp32 steps of the same group, composed (``adam_jax.adam``)
+and fused.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ CONFIGS = {
     'fp32 (optax)': None,
     'bf16 mu (optax)': 'optax_bf16',
 }
+BASELINES = ('fp32 (adam_jax)', 'fp32 (adam_jax.fused)')  # timed in every group, the ratios' denominators
+GROUPS = (
+    BASELINES + ('bf16 (adam_jax)', '8-bit (adam_jax.fused)', 'fp32 (optax)'),
+    BASELINES
+    + ('8-bit (adam_jax)', '8-bit m, factored v (adam_jax)', '8-bit, update + apply_updates (adam_jax.fused)')
+    + ('bf16 mu (optax)',),
+)
 
 
 def make_opt(config):
@@ -97,27 +110,37 @@ def main() -> None:
         nbytes = adam_jax.state_nbytes(jax.eval_shape(opt.init, abstract)).total
         runs[name] = dict(step=step, params=params, state=state, times=[], nbytes=nbytes)
 
-    time_interleaved(runs, args.rounds, grads, back_to_back=args.back_to_back)
+    rows = {}  # name -> (its timed run, the baseline runs of its group)
+    for group in GROUPS:
+        # A fresh list of times per group; params and state carry over (the last group's are current).
+        timed = {name: dict(runs[name], times=[]) for name in group}
+        time_interleaved(timed, args.rounds, grads, back_to_back=args.back_to_back)
+        for name in group:
+            runs[name].update(params=timed[name]['params'], state=timed[name]['state'])
+            rows.setdefault(name, (timed[name], timed))
 
-    base = runs['fp32 (adam_jax)']
-    base_t = statistics.median(base['times'])
-    fused_t = statistics.median(runs['fp32 (adam_jax.fused)']['times'])
     device = jax.devices()[0]
     print(f'\n{n / 1e6:.1f}M params in {args.leaves} leaves, {args.rounds} interleaved rounds, {device.device_kind}')
-    print(f'{fused.status()}\n')
+    print(f'{fused.status()}')
+    for i, group in enumerate(GROUPS, 1):
+        print(f'group {i} (its own rounds; ratios to its own fp32 steps): ' + ', '.join(group[len(BASELINES) :]))
+    print()
     b2b = args.back_to_back
     head = '| state | bytes | vs fp32 | step median (ms) | vs fp32 (adam_jax) | vs fp32 (adam_jax.fused) |'
     print(head + (f' back to back, {b2b} steps (ms) | vs fp32 (adam_jax) |' if b2b else ''))
     print('|---|---:|---:|---:|---:|---:|' + ('---:|---:|' if b2b else ''))
-    for name, run in runs.items():
+    base_bytes = runs[BASELINES[0]]['nbytes']
+    for name in CONFIGS:
+        run, group = rows[name]
         t = statistics.median(run['times'])
+        base_t, fused_t = (statistics.median(group[b]['times']) for b in BASELINES)
         line = (
-            f'| {name} | {run["nbytes"] / 2**20:.1f} MiB | {run["nbytes"] / base["nbytes"]:.3f}x '
+            f'| {name} | {runs[name]["nbytes"] / 2**20:.1f} MiB | {runs[name]["nbytes"] / base_bytes:.3f}x '
             f'| {t * 1e3:.2f} | {t / base_t:.2f}x | {t / fused_t:.2f}x |'
         )
         if b2b:
             burst = statistics.median(run['bursts'])
-            line += f' {burst * 1e3:.3f} | {burst / statistics.median(base["bursts"]):.2f}x |'
+            line += f' {burst * 1e3:.3f} | {burst / statistics.median(group[BASELINES[0]]["bursts"]):.2f}x |'
         print(line)
 
 
