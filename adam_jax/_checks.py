@@ -25,6 +25,13 @@ def is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
+def _is_number_dtype(dtype: Any, complex_ok: bool) -> bool:
+    """Integers and floats, bfloat16 and the other ml_dtypes floats included (NumPy gives those kind 'V')."""
+    return np.dtype(dtype).kind in ('fiuc' if complex_ok else 'fiu') or jnp.issubdtype(
+        dtype, jnp.inexact if complex_ok else jnp.floating
+    )
+
+
 def concrete(value: Any) -> np.ndarray | None:
     """``value`` as a NumPy array when it is a number known now (Python, NumPy, or a jax array not being traced);
     None for a traced value, a boolean or anything that is not a number."""
@@ -32,7 +39,7 @@ def concrete(value: Any) -> np.ndarray | None:
         return None
     if isinstance(value, (numbers.Number, np.ndarray, np.generic, jax.Array)):
         array = np.asarray(value)
-        return array if array.dtype.kind in 'fiuc' else None
+        return array if _is_number_dtype(array.dtype, complex_ok=True) else None
     return None
 
 
@@ -59,7 +66,7 @@ def _concrete_number(name: str, value: Any) -> float | None:
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):
         if value.ndim != 0:
             raise TypeError(f'{name} must be a scalar, got an array of shape {tuple(value.shape)}.')
-        if value.dtype.kind not in 'fiu':
+        if not _is_number_dtype(value.dtype, complex_ok=False):
             raise TypeError(f'{name} must be a real number, got a 0-d array of dtype {value.dtype}.')
         return float(value)
     raise TypeError(f'{name} must be a real number, got {value!r} of type {type(value).__name__}.')
@@ -93,7 +100,14 @@ def check_range(
     too_low = low is not None and (x < low or (x == low and not low_inclusive))
     too_high = high is not None and (x > high or (x == high and not high_inclusive))
     if too_low or too_high:
-        raise ValueError(f'{name} must be in {allowed}, got {value!r}.')
+        dtype = getattr(value, 'dtype', None)
+        hint = ''
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+            hint = (
+                f' ({dtype} has {jnp.finfo(dtype).nmant} mantissa bits: values such as 0.999 round to 1; keep'
+                ' hyperparameters in float32, e.g. optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32))'
+            )
+        raise ValueError(f'{name} must be in {allowed}, got {value!r}{hint}.')
 
 
 def check_decay(name: str, value: Any) -> None:
@@ -134,6 +148,19 @@ def check_bool(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f'{name} must be one of {allowed}, got {value!r}.')
+
+
+def check_mask(name: str, value: Any) -> None:
+    """A mask as optax.masked takes it: None, a function of the params, or a tree of booleans (maybe a prefix of
+    the params tree). Its leaves are checked now; a function's result only when it is called."""
+    if value is None or callable(value):
+        return
+    for leaf in jax.tree.leaves(value):
+        if not (is_bool(leaf) or (isinstance(leaf, (np.ndarray, jax.Array)) and leaf.dtype == np.bool_)):
+            raise TypeError(
+                f'{name} must be None, a tree of booleans shaped like the params (or a prefix of it) or a function '
+                f'of the params returning one, got {value!r} (a leaf {leaf!r} of type {type(leaf).__name__}).'
+            )
 
 
 def check_transformation(name: str, value: Any) -> None:

@@ -465,7 +465,9 @@ def adafactor(
     optax.clip_by_block_rms(d) -> [scale by learning_rate] ->
     optax.scale_by_param_block_rms() -> [optax.ema(momentum)] ->
     [optax.add_decayed_weights] -> optax.scale(-1)``; the arguments and
-    defaults are optax's, and the result equals ``optax.adafactor``. With
+    defaults are optax's, and the result equals ``optax.adafactor`` (but for a
+    ``decay_offset`` above the step count, as in a fresh state for fine-tuning:
+    NaN in optax, the first step's decay here). With
     ``learning_rate=None`` the step is :math:`\max(\epsilon_2,
     \mathrm{RMS}(\theta))\hat U_t` alone (the paper's relative step size
     without its :math:`\min(10^{-2}, 1/\sqrt t)` schedule, as in optax).
@@ -482,6 +484,7 @@ def adafactor(
     if weight_decay_rate is not None and not callable(weight_decay_rate):
         _checks.check_nonnegative('weight_decay_rate', weight_decay_rate)
     _checks.check_bool('multiply_by_parameter_scale', multiply_by_parameter_scale)
+    _checks.check_mask('weight_decay_mask', weight_decay_mask)
     _checks.check_bool('factored', factored)
     tx = [scale_by_factored_rms(decay_rate, decay_offset, min_dim_size_to_factor, eps, factored)]
     if clipping_threshold is not None:

@@ -24,7 +24,7 @@ import optax
 from adam_jax import _checks, factored, quantization
 from adam_jax._placement import replicated_zero
 from adam_jax._tree import cast, real_dtype
-from adam_jax.moments import default_nu_dtype, require_moments, saturating_increment
+from adam_jax.moments import default_nu_dtype, moment_storage, require_moments, saturating_increment
 
 
 def correction_dtype(dtype) -> np.dtype:
@@ -187,7 +187,7 @@ def max_second_moment(*, nu_dtype: Any = None) -> optax.GradientTransformationEx
             f"nu_dtype={nu_dtype!r} (8-bit or factored storage) is not supported with it. Use None, 'float32' "
             "or 'bfloat16'."
         )
-    nu_dtype = None if nu_dtype is None else real_dtype(_checks.float_dtype('nu_dtype', nu_dtype))
+    nu_dtype, _ = moment_storage('nu_dtype', nu_dtype, signed=False)  # float16 refused, as for v itself
 
     def init(params: optax.Params) -> MaxSecondMomentState:
         return MaxSecondMomentState(

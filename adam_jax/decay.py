@@ -39,6 +39,7 @@ def decoupled_decay(
         choosing the leaves to decay; other leaves pass through unchanged.
     """
     _checks.check_nonnegative('weight_decay', weight_decay)
+    _checks.check_mask('mask', mask)
 
     def init(params: optax.Params) -> optax.EmptyState:
         del params

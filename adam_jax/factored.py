@@ -167,7 +167,9 @@ def scale_by_factored_rms(
 
     Args:
       decay_rate: the exponent :math:`c` of the decay schedule (0.8).
-      decay_offset: :math:`t_0`, the step at which fine-tuning started.
+      decay_offset: :math:`t_0`, the step at which fine-tuning started; steps
+        counted before it (a freshly initialised state) decay like step :math:`t_0`
+        (:math:`\hat\beta_2 = 0`), where optax's adafactor gives NaN.
       min_dim_size_to_factor: factor a leaf only if its second largest
         dimension is at least this.
       eps: :math:`\epsilon_1`, added to :math:`G_t^2`.
@@ -197,7 +199,9 @@ def scale_by_factored_rms(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        decay = decay_rate_pow(state.count - decay_offset, decay_rate)
+        # Steps before t0 (a fresh state, count 0, for a run that starts fine-tuning at t0) count as its first
+        # step: decay 0, V_t = G_t^2 + eps_1. optax.adafactor raises a negative base to -c there: NaN for good.
+        decay = decay_rate_pow(jnp.maximum(state.count - decay_offset, 0), decay_rate)
 
         def one(g, nu):
             sq = abs_sq(g) + eps

@@ -164,7 +164,7 @@ def _state_leaf(x: Any) -> bool:
     return x is None or is_compressed(x)
 
 
-def _storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
+def moment_storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
     """A moment's storage: a float dtype, an 8-bit block-wise spec (:mod:`adam_jax.quantization`)
     or, for the second moment, a factored one (:mod:`adam_jax.factored`)."""
     if isinstance(value, factored.Factored):
@@ -258,7 +258,8 @@ def scale_by_moments(
         ``Factored(...)`` (row and column statistics, Shazeer & Stern 2018;
         see :mod:`adam_jax.factored`).
       second_moment: ``'square'`` for Adam's :math:`v_t`, ``'max'`` for
-        AdaMax's exponentially weighted infinity norm :math:`u_t`.
+        AdaMax's exponentially weighted infinity norm :math:`u_t`, ``'belief'``
+        for AdaBelief's :math:`s_t` (not with 8-bit ``nu``: see the error it raises).
       max_eps: with ``second_moment='max'``, added to :math:`|g_t|` inside the
         max (where optax and PyTorch put AdaMax's epsilon). Must be 0 otherwise.
       precise_corrections: the later stages (:func:`bias_correct`, :func:`scale_by_rms`,
@@ -285,8 +286,16 @@ def scale_by_moments(
     _checks.check_nonnegative('belief_eps', belief_eps)
     if second_moment != 'belief' and _checks.is_known_nonzero(belief_eps):
         raise ValueError(f"belief_eps is only used with second_moment='belief', got belief_eps={belief_eps!r}.")
-    mu_dtype, mu_spec = _storage('mu_dtype', mu_dtype, signed=True)
-    nu_dtype, nu_spec = _storage('nu_dtype', nu_dtype, signed=False)
+    requested_nu = nu_dtype
+    mu_dtype, mu_spec = moment_storage('mu_dtype', mu_dtype, signed=True)
+    nu_dtype, nu_spec = moment_storage('nu_dtype', nu_dtype, signed=False)
+    if second_moment == 'belief' and isinstance(nu_spec, quantization.BlockQuantized):
+        raise ValueError(
+            f"nu_dtype must be a float dtype ('float32', 'bfloat16') for AdaBelief's second moment s_t, got "
+            f'{requested_nu!r} (8-bit): (g - m)^2 is near 0 wherever the gradient is well predicted, the 8-bit map '
+            'rounds values more than 1e-7 below their block maximum to 0, and the step would then divide by eps alone '
+            "(1e-16 by default: steps of thousands of learning rates). mu_dtype='int8' is fine."
+        )
     if second_moment != 'square' and isinstance(nu_spec, factored.Factored):
         raise ValueError(
             f"nu_dtype=Factored(...) needs second_moment='square', got second_moment={second_moment!r}: "

@@ -53,6 +53,7 @@ from adam_jax._placement import explicit_sharding, mesh_axes, normal_form, place
 from adam_jax._tree import register_flax_serialization
 
 DEFAULT_BLOCK_SIZE = 256
+MAX_BLOCK_SIZE = 2**24
 DEFAULT_MIN_SIZE = 4096
 
 # Magnitude bits after the sign (signed) or all 8 bits (unsigned) minus the indicator bit:
@@ -75,7 +76,8 @@ class BlockQuantized:
     Attributes:
       signed: signed map (``int8`` codes, for the first moment) or unsigned map
         (``uint8`` codes, for a non-negative second moment).
-      block_size: elements per block sharing one float32 absmax (default 256).
+      block_size: elements per block sharing one float32 absmax (default 256,
+        at most ``MAX_BLOCK_SIZE`` = 2**24).
       min_size: leaves with fewer elements stay unquantized, in float32 (or
         wider), as in the paper (default 4096).
     """
@@ -87,6 +89,12 @@ class BlockQuantized:
     def __post_init__(self):
         _checks.check_bool('signed', self.signed)
         _checks.check_int('block_size', self.block_size)
+        if self.block_size > MAX_BLOCK_SIZE:
+            raise ValueError(
+                f'block_size must be an int in [1, {MAX_BLOCK_SIZE}] (2**24; blocks are meant to be small, 64 to 4096 '
+                f'elements: every leaf is padded to whole blocks, and the CPU kernel keeps two in scratch), '
+                f'got {self.block_size!r}.'
+            )
         _checks.check_int('min_size', self.min_size, minimum=0)
         for name in ('signed', 'block_size', 'min_size'):  # plain Python values: hashable, comparable, printable
             object.__setattr__(self, name, (bool if name == 'signed' else int)(getattr(self, name)))

@@ -54,6 +54,10 @@ def make_train_step(
         raise TypeError(f'loss_fn must be a function loss_fn(params, *batch), got {loss_fn!r}.')
     _checks.check_transformation('optimizer', optimizer)
     _checks.check_bool('has_aux', has_aux)
+    if unravel is not None and not callable(unravel):
+        raise TypeError(
+            f'unravel must be None or the function from jax.flatten_util.ravel_pytree(params), got {unravel!r}.'
+        )
     view = unravel if unravel is not None else (lambda params: params)
     fused_step = getattr(optimizer, 'step', None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,8 @@ from adam_jax import bias_correct, decoupled_decay, fused, presets, scale_by_mom
         (lambda: adam_jax.adam(1e-3, nu_dtype='int4'), 'nu_dtype', 'int4', 'float'),
         (lambda: adam_jax.lion(1e-3, mu_dtype='int8'), 'mu_dtype', 'int8', 'bfloat16'),
         (lambda: adam_jax.adafactor(momentum=0.9, dtype_momentum='int8'), 'dtype_momentum', 'int8', 'float32'),
+        (lambda: adam_jax.BlockQuantized(block_size=2**24 + 1), 'block_size', '16777217', '[1, 16777216]'),
+        (lambda: adam_jax.adabelief(1e-3, nu_dtype='uint8'), 'nu_dtype', "'uint8'", "'bfloat16'"),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value, allowed):
@@ -104,6 +107,11 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
         (lambda: presets.pytorch.adam(maximize='no'), 'maximize', "got 'no'"),
         (lambda: presets.pytorch.adam(amsgrad='no'), 'amsgrad', "got 'no'"),
         (lambda: adam_jax.make_train_step(lambda p: 0.0, adam_jax.adam(1e-3), has_aux='no'), 'has_aux', "got 'no'"),
+        (lambda: adam_jax.make_train_step(lambda p: 0.0, adam_jax.adam(1e-3), unravel='x'), 'unravel', "got 'x'"),
+        # Masks are checked when built, not when first traced (a string is a pytree leaf, not a flag).
+        (lambda: fused.adamw(1e-3, mask='abc'), 'mask', "a leaf 'abc' of type str"),
+        (lambda: decoupled_decay(0.1, mask={'w': 1}), 'mask', 'a leaf 1 of type int'),
+        (lambda: adam_jax.adafactor(weight_decay_mask='x'), 'weight_decay_mask', 'of type str'),
     ],
 )
 def test_non_numbers_raise_type_error_naming_the_argument(build, arg, text):
@@ -156,6 +164,9 @@ def test_amsgrad_refuses_an_8bit_or_factored_maximum():
     with pytest.raises(ValueError, match='max_second_moment'):
         presets.pytorch.adam(amsgrad=True, nu_dtype='uint8')
     adam_jax.amsgrad(1e-3, nu_dtype='bfloat16')  # a float maximum is fine
+    # float16 flushes small maxima to 0, as it would v itself (scale_by_moments refuses it for v).
+    with pytest.raises(ValueError, match='nu_dtype=float16 cannot hold the second moment'):
+        adam_jax.max_second_moment(nu_dtype='float16')
 
 
 @pytest.mark.parametrize('opt', [adam_jax.lion(1e-3), adam_jax.adafactor(), adam_jax.adam(1e-3)])
@@ -329,3 +340,47 @@ def test_a_decay_rate_that_rounds_to_one_in_float32_is_refused_where_the_correct
     for opt in (presets.pytorch.adam(betas=(0.9, 0.99999999)), adam_jax.adamax(1e-3, b2=0.99999999)):
         updates, _ = opt.update(params, opt.init(params), params)
         np.testing.assert_allclose(np.asarray(updates), -1e-3, rtol=1e-3)
+
+
+def test_masks_of_booleans_and_functions_are_accepted():
+    params = {'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    masks = ({'w': True, 'b': False}, {'w': np.bool_(True), 'b': jnp.array(False)}, lambda p: {'w': True, 'b': False})
+    for mask in masks:
+        opt = adam_jax.adamw(1e-2, weight_decay=0.5, mask=mask)
+        updates, _ = opt.update(grads, opt.init(params), params)
+        # The masked leaf gets Adam's step alone: -lr * 1 / (1 + eps) at step 1; the decayed one lr * 0.5 more.
+        np.testing.assert_allclose(updates['b'], -1e-2, rtol=1e-5)  # float32 bias corrections
+        np.testing.assert_allclose(updates['w'], -1e-2 * 1.5, rtol=1e-5)
+
+
+def test_bfloat16_hyperparameters_are_numbers_as_in_optax():
+    params = {'w': jnp.linspace(-1.0, 1.0, 6)}
+    grads = {'w': jnp.linspace(0.5, -0.2, 6)}
+    lr = jnp.asarray(1e-3, jnp.bfloat16)
+    ours = adam_jax.adam(lr).update(grads, adam_jax.adam(lr).init(params), params)[0]['w']
+    theirs = optax.adam(lr).update(grads, optax.adam(lr).init(params), params)[0]['w']
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours, -float(lr) * np.sign(grads['w']), rtol=1e-4)  # step 1: -lr sign(g)
+    # bfloat16 cannot hold b2 = 0.999 (it rounds to 1): a clear error where optax's steps are NaN.
+    opt = optax.inject_hyperparams(adam_jax.adam, hyperparam_dtype=jnp.bfloat16)(learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r'b2 must be in \[0.0, 1.0\).*bfloat16 has 7 mantissa bits.*float32'):
+        opt.init(params)
+
+
+def test_a_complex_mu_dtype_for_real_params_is_kept_and_gives_real_updates_without_warnings():
+    # optax's own alias suite asks that mu be stored in the dtype asked for, complex64 for real params included;
+    # the update then casts m / (sqrt(v) + eps) back to float32, through its real part (JAX deprecates astype
+    # dropping it: a warning now, an error later).
+    params = {'r': jnp.linspace(-1.0, 1.0, 8), 'c': jnp.linspace(-1.0, 1.0, 8) * (1 + 1j)}
+    grads = jax.tree.map(lambda p: 0.1 * p + 0.05, params)
+    opt = adam_jax.adam(1e-2, mu_dtype='complex64')
+    state = opt.init(params)
+    mu = next(s.mu for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, 'mu')) if hasattr(s, 'mu'))
+    assert mu['r'].dtype == jnp.complex64 and mu['c'].dtype == jnp.complex64
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        updates, _ = opt.update(grads, state, params)
+    assert updates['r'].dtype == jnp.float32
+    plain = adam_jax.adam(1e-2)
+    np.testing.assert_allclose(updates['r'], plain.update(grads, plain.init(params), params)[0]['r'], rtol=1e-6)

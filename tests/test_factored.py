@@ -125,3 +125,20 @@ def test_adafactor_stays_finite_when_its_step_count_saturates():
         updates, state = opt.update({'w': jnp.full((256, 300), 0.1)}, state, params)
         assert bool(jnp.all(jnp.isfinite(updates['w'])))
     assert 2**31 - 1 in [int(x) for x in jax.tree.leaves(state) if x.dtype == jnp.int32]
+
+
+def test_adafactor_steps_before_decay_offset_decay_like_its_first_step_not_nan():
+    # A fresh state (count 0) for fine-tuning from step 1000: optax raises a negative base to -0.8 (NaN for good).
+    # Here steps before the offset take decay 0, so each is optax's first step from the same params and gradient.
+    params = {'w': jnp.linspace(0.5, 1.5, 256 * 130).reshape(256, 130), 'b': jnp.linspace(-1.0, 1.0, 7)}
+    opt = adam_jax.adafactor(1e-2, decay_offset=1000)
+    state = opt.init(params)
+    for step in range(3):
+        grads = jax.tree.map(lambda p, s=step: jnp.cos(p * (s + 1)), params)
+        updates, state = opt.update(grads, state, params)
+        reference = optax.adafactor(1e-2)
+        expected, _ = reference.update(grads, reference.init(params), params)
+        for k in params:
+            np.testing.assert_allclose(updates[k], expected[k], rtol=2e-6, atol=1e-9)
+        params = optax.apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
