@@ -4,8 +4,9 @@ Concrete values are checked: Python and NumPy numbers and 0-d arrays, and jax ar
 that are not being traced (so ``optax.inject_hyperparams`` values are checked when
 its ``init`` runs outside ``jit``). Traced arrays and schedules pass through
 unchecked, because their values are not known when the transform is built.
-Booleans, strings, ``None`` and arrays of more than one element are not numbers and
-are refused with a ``TypeError`` naming the argument.
+Booleans, strings, ``None`` and arrays that are not 0-d (a shape-(1,) array included:
+it would broadcast a 0-d leaf to shape (1,)) are not numbers and are refused with a
+``TypeError`` naming the argument.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
+from adam_jax._placement import replicated_zero
 from adam_jax.correction import bias_correct, max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.factored import scale_by_factored_rms
@@ -20,6 +21,22 @@ from adam_jax.trust_ratio import trust_ratio
 
 ScalarOrSchedule = optax.ScalarOrSchedule
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
+
+
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> optax.GradientTransformation:
+    """``optax.scale_by_learning_rate``, with a schedule's step count placed where the params are.
+
+    optax starts the count on the default device; on params sharded over a mesh the first jitted step returns it
+    replicated on the mesh, and the step compiles a second time. Here ``init`` places it like the moments' count.
+    """
+    tx = optax.scale_by_learning_rate(learning_rate, flip_sign=flip_sign)
+    if not callable(learning_rate):
+        return tx
+
+    def init(params: optax.Params) -> optax.ScaleByScheduleState:
+        return optax.ScaleByScheduleState(count=replicated_zero(params, jnp.int32))
+
+    return optax.GradientTransformation(init, tx.update)
 
 
 def corrected_moments(b1, b2, mu_dtype, nu_dtype, *before_correction, **moment_kwargs) -> list:
@@ -80,7 +97,7 @@ def adam(
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
         _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -114,7 +131,7 @@ def adamw(
     return optax.chain(
         _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov),
         decoupled_decay(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -159,7 +176,7 @@ def loshchilov_hutter_adamw(
         _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
         optax.scale(learning_rate),
         decoupled_decay(weight_decay, mask),
-        optax.scale_by_learning_rate(schedule_multiplier),
+        scale_by_learning_rate(schedule_multiplier),
     )
 
 
@@ -251,7 +268,7 @@ def amsgrad(
         bias_correct(mu=bias_correction_mu, nu=bias_correction_nu),
         max_second_moment(nu_dtype=nu_dtype),
         scale_by_rms(eps, eps_root),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -284,7 +301,7 @@ def radam(
     return optax.chain(
         *corrected_moments(b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov)),
         scale_by_rectified_rms(eps, eps_root, threshold),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -316,7 +333,7 @@ def adabelief(
     stage = corrected_moments(
         b1, b2, mu_dtype, nu_dtype, *_look_ahead(nesterov), second_moment='belief', belief_eps=eps_root
     )
-    return optax.chain(*stage, scale_by_rms(eps), optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*stage, scale_by_rms(eps), scale_by_learning_rate(learning_rate))
 
 
 def lamb(
@@ -347,7 +364,7 @@ def lamb(
         _adam_direction(b1, b2, eps, eps_root, mu_dtype, nu_dtype),
         decoupled_decay(weight_decay, mask),
         trust_ratio(),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -374,7 +391,7 @@ def lion(
     return optax.chain(
         scale_by_sign_momentum(b1, b2, mu_dtype=mu_dtype),
         decoupled_decay(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -405,7 +422,7 @@ def adamax(
     _checks.check_learning_rate(learning_rate)
     return optax.chain(
         adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -433,7 +450,7 @@ def adamaxw(
     return optax.chain(
         adamax_direction(b1, b2, eps, mu_dtype, nu_dtype),
         decoupled_decay(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -490,7 +507,7 @@ def adafactor(
     if clipping_threshold is not None:
         tx.append(optax.clip_by_block_rms(clipping_threshold))
     if learning_rate is not None:
-        tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+        tx.append(scale_by_learning_rate(learning_rate, flip_sign=False))
     if multiply_by_parameter_scale:
         tx.append(optax.scale_by_param_block_rms())
     if momentum is not None:

@@ -7,10 +7,11 @@ from typing import Any
 
 import chex
 import jax
+import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax._tree import cast, is_none
+from adam_jax._tree import cast, check_same_structure, is_none
 from adam_jax.moments import reject_moments
 
 
@@ -50,9 +51,11 @@ def decoupled_decay(
         reject_moments(updates, 'decoupled_decay')
         if params is None:
             raise ValueError('decoupled_decay needs the params: call update(updates, state, params).')
+        check_same_structure('updates', updates, 'params', params)  # named, instead of broadcasting wd * p
 
         def add(u, p):
-            return None if u is None else cast(u + weight_decay * p, u.dtype)
+            # at least the params' precision: a bfloat16 update would round lambda p away next to the direction
+            return None if u is None else cast(u + weight_decay * p, jnp.result_type(u.dtype, p.dtype))
 
         return jax.tree.map(add, updates, params, is_leaf=is_none), state
 

@@ -32,7 +32,14 @@ import optax
 
 from adam_jax import _checks
 from adam_jax._placement import placed_sharding, replicated_zero, without_dim
-from adam_jax._tree import abs_sq, check_inexact_leaves, real_dtype, register_flax_serialization, without_variables
+from adam_jax._tree import (
+    abs_sq,
+    check_inexact_leaves,
+    check_same_structure,
+    real_dtype,
+    register_flax_serialization,
+    without_variables,
+)
 
 
 def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
@@ -88,6 +95,13 @@ class FactoredMoment:
         col = decay * self.col + (1 - decay) * jnp.mean(sq, axis=second).astype(self.col.dtype)
         return FactoredMoment(row.astype(self.row.dtype), col.astype(self.col.dtype), self.axes)
 
+    def leaf_shape(self) -> tuple[int, ...]:
+        """The shape of the leaf whose second moment this stands for."""
+        second, largest = self.axes
+        shape = list(self.row.shape)
+        shape.insert(largest, self.col.shape[largest if largest < second else largest - 1])
+        return tuple(shape)
+
     def reconstruct(self) -> jax.Array:
         r""":math:`\hat V = R\,C / \mathrm{mean}(R)`, broadcast back to the leaf's shape."""
         second, largest = self.axes
@@ -136,6 +150,10 @@ def decay_rate_pow(step: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Arr
     r"""Adafactor's schedule :math:`\hat\beta_{2,t} = 1 - t^{-c}` (Shazeer & Stern 2018, Sec. 7.2), t from 1."""
     # t + 1 in float: in int32 a saturated step count (2^31 - 1) would wrap to a negative t and give NaN
     return 1.0 - (jnp.asarray(step, jnp.float32) + 1) ** (-exponent)
+
+
+def _nu_leaf(x: Any) -> bool:
+    return x is None or is_factored(x)
 
 
 class FactoredRmsState(NamedTuple):
@@ -199,6 +217,14 @@ def scale_by_factored_rms(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        check_same_structure('gradient', updates, 'optimizer state (nu)', state.nu, is_leaf=_nu_leaf)
+        for (path, g), nu in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(state.nu, _nu_leaf)):
+            if is_factored(nu) and tuple(g.shape) != nu.leaf_shape():
+                raise ValueError(
+                    f'gradient and optimizer state (nu) differ in shape at {jax.tree_util.keystr(path) or "<root>"}: '
+                    f'{tuple(g.shape)} vs {nu.leaf_shape()}. Was the optimizer state built with init() on parameters '
+                    'of this shape?'
+                )
         # Steps before t0 (a fresh state, count 0, for a run that starts fine-tuning at t0) count as its first
         # step: decay 0, V_t = G_t^2 + eps_1. optax.adafactor raises a negative base to -c there: NaN for good.
         decay = decay_rate_pow(jnp.maximum(state.count - decay_offset, 0), decay_rate)

@@ -60,6 +60,9 @@ class Moments:
         (after :func:`bias_correct`, or by construction for AdaMax's ``u``).
       precise_corrections: form :math:`1 - \beta^t` from :math:`\log\beta` taken in double
         precision (see :func:`adam_jax.correction.one_minus_power`), as ``torch.optim`` does.
+      update_dtype: per leaf, the dtype of the direction that ends the stage: without a ``mu_dtype`` the
+        gradient's promoted with the params' (in which mu is stored), so float32 params with bfloat16 gradients
+        get float32 updates, as in optax. ``None`` (a ``mu_dtype`` was asked for): the gradient's dtype.
 
     Not a pytree: a transform that maps over every leaf of the updates meets it as a single value, which
     refuses arithmetic and conversion to an array with a ``TypeError`` saying where such a transform belongs.
@@ -75,6 +78,7 @@ class Moments:
     mu_debiased: bool = False
     nu_debiased: bool = False
     precise_corrections: bool = False
+    update_dtype: Any = None
 
     def replace(self, **changes: Any) -> Moments:
         return dataclasses.replace(self, **changes)
@@ -162,6 +166,12 @@ def is_compressed(x: Any) -> bool:
 
 def _state_leaf(x: Any) -> bool:
     return x is None or is_compressed(x)
+
+
+def _update_dtype(g: Any, stored_mu: Any) -> np.dtype:
+    """The direction's dtype for a leaf whose mu is stored in the params' dtype: see ``Moments.update_dtype``."""
+    stored = stored_mu.dtype if jnp.iscomplexobj(g) else real_dtype(stored_mu.dtype)  # real g: a real direction
+    return np.dtype(jnp.result_type(g.dtype, stored))
 
 
 def moment_storage(name: str, value: Any, signed: bool) -> tuple[np.dtype | None, Any]:
@@ -362,6 +372,11 @@ def scale_by_moments(
                 'so scale_by_moments must come first in it (after params-shaped pre-processing '
                 'such as optax.clip_by_global_norm).'
             )
+        if not isinstance(state, MomentsState):
+            raise TypeError(
+                f'scale_by_moments: the state must be the MomentsState that its init returned, got '
+                f'{type(state).__name__}. Was it built by another optimizer (e.g. optax.adam(...).init)?'
+            )
         check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu, is_leaf=_state_leaf)
         count = saturating_increment(state.count)
         mu = jax.tree.map(update_mu, updates, state.mu)
@@ -381,6 +396,10 @@ def scale_by_moments(
             second_moment=second_moment,
             nu_debiased=second_moment == 'max',
             precise_corrections=precise_corrections,
+            # mu stored in the params' dtype (no mu_dtype asked for): the direction takes it in too.
+            update_dtype=None
+            if mu_dtype is not None or mu_spec is not None
+            else jax.tree.map(_update_dtype, updates, state.mu),
         )
         return moments, new_state
 

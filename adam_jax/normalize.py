@@ -49,7 +49,10 @@ def _ending(
         del params, extra_args
         moments = require_moments(updates, name)
         direction = leaf_direction(moments)
-        d = jax.tree.map(lambda m, v, g: cast(direction(m, v, g), g.dtype), moments.mu, moments.nu, moments.grad)
+        dtypes = moments.update_dtype
+        if dtypes is None:
+            dtypes = jax.tree.map(lambda g: g.dtype, moments.grad)
+        d = jax.tree.map(lambda m, v, g, dt: cast(direction(m, v, g), dt), moments.mu, moments.nu, moments.grad, dtypes)
         return d, state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -66,7 +69,9 @@ def scale_by_rms(
 
     For AdaMax's second moment (``second_moment='max'``), which is already in
     gradient units, the root is skipped: :math:`d_t = \hat m_t / (u_t +
-    \epsilon_{root} + \epsilon)`. The direction has the gradient's dtype.
+    \epsilon_{root} + \epsilon)`. The direction has the gradient's dtype, promoted
+    with the params' where mu is stored in it (``Moments.update_dtype``): float32
+    for float32 params with bfloat16 gradients, as in optax.
 
     With ``eps_on_raw_nu=True``, :math:`\epsilon` is added to the root of the
     uncorrected :math:`v_t` (as ``torch.optim.RAdam`` does):

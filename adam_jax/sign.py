@@ -60,7 +60,9 @@ def scale_by_sign_momentum(
 
         def direction(g, m):
             cdt = compute_dtype(g.dtype, m.dtype)
-            return cast(jnp.sign(_ema(b1, cast(m, cdt), cast(g, cdt))), g.dtype)
+            # without a mu_dtype, m has the params' dtype: the gradient's promoted with it, as in optax
+            out = g.dtype if mu_dtype is not None else jnp.result_type(g.dtype, m.dtype)
+            return cast(jnp.sign(_ema(b1, cast(m, cdt), cast(g, cdt))), out)
 
         def momentum(g, m):
             cdt = compute_dtype(g.dtype, m.dtype)

@@ -278,6 +278,8 @@ EAGER_INIT_OPTIMIZERS = {
     'factored_nu': lambda: adam_jax.adam(1e-2, nu_dtype=adam_jax.Factored()),
     'temporal_average': lambda: optax.chain(adam_jax.adam(1e-2), adam_jax.temporal_average(0.999)),
     'skip_nonfinite_8bit': lambda: adam_jax.skip_nonfinite(adam_jax.adam(1e-2, mu_dtype='int8', nu_dtype='uint8')),
+    # A schedule's count (optax starts it on the default device: the step compiled twice)
+    'adamw_schedule': lambda: adam_jax.adamw(optax.cosine_decay_schedule(1e-2, 100), weight_decay=0.1),
 }
 
 

@@ -384,3 +384,29 @@ def test_a_complex_mu_dtype_for_real_params_is_kept_and_gives_real_updates_witho
     assert updates['r'].dtype == jnp.float32
     plain = adam_jax.adam(1e-2)
     np.testing.assert_allclose(updates['r'], plain.update(grads, plain.init(params), params)[0]['r'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('factored', [True, False])
+def test_adafactor_refuses_a_gradient_of_another_shape_by_path(factored):
+    params = {'w': jnp.ones((3, 4))}
+    opt = adam_jax.adafactor(min_dim_size_to_factor=1, factored=factored)
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=re.escape("differ in shape at ['w']: (1, 4) vs (3, 4)")):
+        opt.update({'w': jnp.ones((1, 4))}, state, params)
+
+
+@pytest.mark.parametrize('opt', [adam_jax.adamw(1e-3), adam_jax.lamb(1e-3, weight_decay=0.1)])
+def test_params_of_another_shape_or_tree_are_refused_where_the_decay_reads_them(opt):
+    params = {'w': jnp.ones((3, 4))}
+    grads = {'w': jnp.ones((3, 4))}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=re.escape("updates and params differ in shape at ['w']: (3, 4) vs (1, 4)")):
+        opt.update(grads, state, {'w': jnp.ones((1, 4))})
+    with pytest.raises(ValueError, match='updates and params have different tree structures'):
+        opt.update(grads, state, {'v': jnp.ones((3, 4))})
+
+
+def test_the_state_of_another_optimizer_is_refused_by_name():
+    params = {'w': jnp.ones(3)}
+    with pytest.raises(TypeError, match='scale_by_moments: the state must be the MomentsState that its init returned'):
+        adam_jax.adam(1e-3).update(params, optax.adam(1e-3).init(params), params)

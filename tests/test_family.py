@@ -250,3 +250,38 @@ def test_transforms_that_need_params_say_so(opt):
     state = opt.init(jnp.ones(2))
     with pytest.raises(ValueError, match='needs the params'):
         opt.update(jnp.ones(2), state)
+
+
+def test_float32_params_with_bfloat16_gradients_get_float32_updates_and_their_decay():
+    # Gradients cast to bfloat16 (as for a cheaper all-reduce) used to give bfloat16 updates, in which
+    # AdamW's and Lion's decay term lambda * p was rounded away next to a direction of about 1.
+    theta0 = np.linspace(0.5, 2.0, 64)
+    lr, wd, b1, b2, eps, steps = 1e-2, 1e-1, 0.9, 0.999, 1e-8, 20
+
+    def grad_bf16(theta, t):
+        return jnp.asarray(np.cos(3.0 * theta + t), jnp.bfloat16)
+
+    def run(opt):
+        params = {'w': jnp.asarray(theta0, jnp.float32)}
+        state = opt.init(params)
+        for t in range(1, steps + 1):
+            grads = {'w': grad_bf16(np.asarray(params['w'], np.float64), t)}
+            updates, state = opt.update(grads, state, params)
+            assert updates['w'].dtype == jnp.float32
+            params = optax.apply_updates(params, updates)
+        return np.asarray(params['w'], np.float64)
+
+    # NumPy float64 references on the same bfloat16 gradient values.
+    theta, m, v = theta0.copy(), np.zeros(64), np.zeros(64)
+    for t in range(1, steps + 1):  # AdamW (Loshchilov & Hutter, as optax and PyTorch scale it: lr * (d + wd p))
+        g = np.asarray(grad_bf16(theta, t), np.float64)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        d = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        theta = theta - lr * (d + wd * theta)
+    np.testing.assert_allclose(run(adam_jax.adamw(lr, b1, b2, eps, weight_decay=wd)), theta, rtol=2e-5)
+    theta, m = theta0.copy(), np.zeros(64)
+    for t in range(1, steps + 1):  # Lion (Chen et al. 2023, Algorithm 2)
+        g = np.asarray(grad_bf16(theta, t), np.float64)
+        theta = theta - lr * (np.sign(b1 * m + (1 - b1) * g) + wd * theta)
+        m = 0.99 * m + 0.01 * g
+    np.testing.assert_allclose(run(adam_jax.lion(lr, b1=b1, b2=0.99, weight_decay=wd)), theta, rtol=2e-5)

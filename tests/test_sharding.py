@@ -365,7 +365,7 @@ def test_8bit_state_on_explicit_axes_keeps_its_sharding_and_equals_one_device(pl
 
 EAGER_INIT_CASES = [
     f'{name}/{axes}'
-    for name in ('adafactor', 'factored_nu', 'temporal_average', 'skip_nonfinite_8bit')
+    for name in ('adafactor', 'factored_nu', 'temporal_average', 'skip_nonfinite_8bit', 'adamw_schedule')
     for axes in ('explicit', 'auto')
 ]
 

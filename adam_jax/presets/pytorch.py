@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import _checks
-from adam_jax.aliases import adamax_direction, corrected_moments
+from adam_jax.aliases import adamax_direction, corrected_moments, scale_by_learning_rate
 from adam_jax.correction import max_second_moment, nesterov_momentum
 from adam_jax.decay import decoupled_decay
 from adam_jax.normalize import scale_by_rectified_rms, scale_by_rms
@@ -61,7 +61,7 @@ def _torch_chain(
         *([] if decoupled_weight_decay else [decay]),
         *direction,
         *([decay] if decoupled_weight_decay else []),
-        optax.scale_by_learning_rate(lr),
+        scale_by_learning_rate(lr),
     )
 
     def init(params: optax.Params) -> optax.OptState:
