@@ -153,11 +153,13 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 def check_mask(name: str, value: Any) -> None:
     """A mask as optax.masked takes it: None, a function of the params, or a tree of booleans (maybe a prefix of
-    the params tree). Its leaves are checked now; a function's result only when it is called."""
+    the params tree; 0/1 integers too, which optax reads by truth). Its leaves are checked now; a function's
+    result only when it is called."""
     if value is None or callable(value):
         return
     for leaf in jax.tree.leaves(value):
-        if not (is_bool(leaf) or (isinstance(leaf, (np.ndarray, jax.Array)) and leaf.dtype == np.bool_)):
+        flag_array = isinstance(leaf, (np.ndarray, np.generic, jax.Array)) and np.dtype(leaf.dtype).kind in 'biu'
+        if not (isinstance(leaf, numbers.Integral) or flag_array):
             raise TypeError(
                 f'{name} must be None, a tree of booleans shaped like the params (or a prefix of it) or a function '
                 f'of the params returning one, got {value!r} (a leaf {leaf!r} of type {type(leaf).__name__}).'

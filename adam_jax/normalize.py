@@ -69,9 +69,10 @@ def scale_by_rms(
 
     For AdaMax's second moment (``second_moment='max'``), which is already in
     gradient units, the root is skipped: :math:`d_t = \hat m_t / (u_t +
-    \epsilon_{root} + \epsilon)`. The direction has the gradient's dtype, promoted
-    with the params' where mu is stored in it (``Moments.update_dtype``): float32
-    for float32 params with bfloat16 gradients, as in optax.
+    \epsilon_{root} + \epsilon)`. The direction has the gradient's dtype; when no
+    ``mu_dtype`` was asked for (mu then has the params' dtype), promoted with the
+    params' (``Moments.update_dtype``): float32 for float32 params with bfloat16
+    gradients, as in optax.
 
     With ``eps_on_raw_nu=True``, :math:`\epsilon` is added to the root of the
     uncorrected :math:`v_t` (as ``torch.optim.RAdam`` does):

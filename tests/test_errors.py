@@ -110,7 +110,7 @@ def test_invalid_hyperparameters_raise_value_error_naming_them(build, arg, value
         (lambda: adam_jax.make_train_step(lambda p: 0.0, adam_jax.adam(1e-3), unravel='x'), 'unravel', "got 'x'"),
         # Masks are checked when built, not when first traced (a string is a pytree leaf, not a flag).
         (lambda: fused.adamw(1e-3, mask='abc'), 'mask', "a leaf 'abc' of type str"),
-        (lambda: decoupled_decay(0.1, mask={'w': 1}), 'mask', 'a leaf 1 of type int'),
+        (lambda: decoupled_decay(0.1, mask={'w': 0.5}), 'mask', 'a leaf 0.5 of type float'),
         (lambda: adam_jax.adafactor(weight_decay_mask='x'), 'weight_decay_mask', 'of type str'),
     ],
 )
@@ -345,7 +345,12 @@ def test_a_decay_rate_that_rounds_to_one_in_float32_is_refused_where_the_correct
 def test_masks_of_booleans_and_functions_are_accepted():
     params = {'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}
     grads = jax.tree.map(jnp.ones_like, params)
-    masks = ({'w': True, 'b': False}, {'w': np.bool_(True), 'b': jnp.array(False)}, lambda p: {'w': True, 'b': False})
+    masks = (
+        {'w': True, 'b': False},
+        {'w': np.bool_(True), 'b': jnp.array(False)},
+        {'w': 1, 'b': 0},  # optax.masked reads the leaves by truth
+        lambda p: {'w': True, 'b': False},
+    )
     for mask in masks:
         opt = adam_jax.adamw(1e-2, weight_decay=0.5, mask=mask)
         updates, _ = opt.update(grads, opt.init(params), params)

@@ -142,3 +142,16 @@ def test_adafactor_steps_before_decay_offset_decay_like_its_first_step_not_nan()
             np.testing.assert_allclose(updates[k], expected[k], rtol=2e-6, atol=1e-9)
         params = optax.apply_updates(params, updates)
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+
+
+def test_adafactor_takes_none_leaves_before_factored_ones_like_optax():
+    # None leaves (frozen or filtered params) once misaligned the shape check with the factored state.
+    params = {'a_bias': None, 'kernel': jnp.linspace(0.5, 1.5, 256 * 128).reshape(256, 128)}
+    params['z_emb'] = jnp.linspace(-1.0, 1.0, 130 * 200).reshape(130, 200)
+    grads = jax.tree.map(jnp.cos, params)
+    ours, theirs = adam_jax.adafactor(1e-3), optax.adafactor(1e-3)
+    u, _ = ours.update(grads, ours.init(params), params)
+    v, _ = theirs.update(grads, theirs.init(params), params)
+    assert u['a_bias'] is None
+    for k in ('kernel', 'z_emb'):
+        np.testing.assert_allclose(u[k], v[k], rtol=2e-6, atol=1e-12)
