@@ -106,7 +106,8 @@ def first_difference(a: Any, b: Any) -> str:
 
 def check_same_structure(name_a: str, a: Any, name_b: str, b: Any, is_leaf: Any = is_none) -> None:
     """Raises ``ValueError`` naming the first differing path if the trees differ, in structure or in the shape of
-    a leaf (a leaf of ``b`` without a ``shape``, such as ``None``, is not compared)."""
+    a leaf (``leaf_shape()`` for a leaf of ``b`` that has it; a leaf without a shape, such as ``None``, is not
+    compared)."""
     if jax.tree.structure(a, is_leaf=is_leaf) != jax.tree.structure(b, is_leaf=is_leaf):
         raise ValueError(
             f'{name_a} and {name_b} have different tree structures ({first_difference(a, b)}). '
@@ -115,7 +116,8 @@ def check_same_structure(name_a: str, a: Any, name_b: str, b: Any, is_leaf: Any 
     for (path, x), y in zip(
         jax.tree_util.tree_flatten_with_path(a, is_leaf=is_leaf)[0], jax.tree.leaves(b, is_leaf=is_leaf)
     ):
-        shape = getattr(y, 'shape', None)
+        # A compressed moment that stands for a leaf (FactoredMoment) tells the leaf's shape through leaf_shape().
+        shape = y.leaf_shape() if hasattr(y, 'leaf_shape') else getattr(y, 'shape', None)
         if x is not None and shape is not None and tuple(jnp.shape(x)) != tuple(shape):
             raise ValueError(
                 f'{name_a} and {name_b} differ in shape at {jax.tree_util.keystr(path) or "<root>"}: '

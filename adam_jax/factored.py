@@ -218,14 +218,6 @@ def scale_by_factored_rms(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         check_same_structure('gradient', updates, 'optimizer state (nu)', state.nu, is_leaf=_nu_leaf)
-        flat = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_nu_leaf)[0]  # None leaves kept: aligned
-        for (path, g), nu in zip(flat, jax.tree.leaves(state.nu, _nu_leaf)):
-            if g is not None and is_factored(nu) and tuple(g.shape) != nu.leaf_shape():
-                raise ValueError(
-                    f'gradient and optimizer state (nu) differ in shape at {jax.tree_util.keystr(path) or "<root>"}: '
-                    f'{tuple(g.shape)} vs {nu.leaf_shape()}. Was the optimizer state built with init() on parameters '
-                    'of this shape?'
-                )
         # Steps before t0 (a fresh state, count 0, for a run that starts fine-tuning at t0) count as its first
         # step: decay 0, V_t = G_t^2 + eps_1. optax.adafactor raises a negative base to -c there: NaN for good.
         decay = decay_rate_pow(jnp.maximum(state.count - decay_offset, 0), decay_rate)

@@ -168,7 +168,7 @@ def _state_leaf(x: Any) -> bool:
     return x is None or is_compressed(x)
 
 
-def _update_dtype(g: Any, stored_mu: Any) -> np.dtype:
+def direction_dtype(g: Any, stored_mu: Any) -> np.dtype:
     """The direction's dtype for a leaf whose mu is stored in the params' dtype: see ``Moments.update_dtype``."""
     stored = stored_mu.dtype if jnp.iscomplexobj(g) else real_dtype(stored_mu.dtype)  # real g: a real direction
     return np.dtype(jnp.result_type(g.dtype, stored))
@@ -399,7 +399,7 @@ def scale_by_moments(
             # mu stored in the params' dtype (no mu_dtype asked for): the direction takes it in too.
             update_dtype=None
             if mu_dtype is not None or mu_spec is not None
-            else jax.tree.map(_update_dtype, updates, state.mu),
+            else jax.tree.map(direction_dtype, updates, state.mu),
         )
         return moments, new_state
 

@@ -12,7 +12,7 @@ import optax
 
 from adam_jax import _checks
 from adam_jax._tree import cast, check_inexact_leaves, check_same_structure, compute_dtype
-from adam_jax.moments import _ema, reject_moments
+from adam_jax.moments import _ema, direction_dtype, reject_moments
 
 
 class SignMomentumState(NamedTuple):
@@ -61,7 +61,7 @@ def scale_by_sign_momentum(
         def direction(g, m):
             cdt = compute_dtype(g.dtype, m.dtype)
             # without a mu_dtype, m has the params' dtype: the gradient's promoted with it, as in optax
-            out = g.dtype if mu_dtype is not None else jnp.result_type(g.dtype, m.dtype)
+            out = g.dtype if mu_dtype is not None else direction_dtype(g, m)
             return cast(jnp.sign(_ema(b1, cast(m, cdt), cast(g, cdt))), out)
 
         def momentum(g, m):
