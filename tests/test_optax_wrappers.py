@@ -80,9 +80,9 @@ def _run_both(ours, theirs, steps, grad=_grad, poison=()):
     return jax.jit(lambda: (_trajectory(ours, steps, grad, poison), _trajectory(theirs, steps, grad, poison)))()
 
 
-def _assert_close(a, b, atol=ATOL):
+def _assert_close(a, b, atol=ATOL, rtol=0.0):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def _moved(params):
@@ -159,7 +159,12 @@ def test_masked_and_multi_transform_give_groups_their_own_optimizer(name):
     (got, _), (want, _) = _run_both(
         optax.masked(getattr(adam_jax, name)(LR), mask), optax.masked(OPTIMIZERS[name](LR), mask), 8
     )
-    _assert_close(got, want)
+    # 'b' is left out of the mask: optax.masked passes its raw gradient through, which apply_updates adds every
+    # step, so it grows to ~160, where float32's spacing is 1.5e-5; its gradient depends on 'w', where the two
+    # optimizers may differ by an ulp, and on an AVX-512 CPU (Zen 5) 'b' then differed by 1 ulp of 160 after 8
+    # steps. Hence a relative bound as well (1e-6: a few ulps).
+    assert float(jnp.max(jnp.abs(want['b']))) > 100
+    _assert_close(got, want, rtol=1e-6)
 
     labels = {'w': 'main', 'b': 'other'}
     ours = optax.multi_transform({'main': getattr(adam_jax, name)(LR), 'other': adam_jax.adamw(0.2, b1=0.5)}, labels)
