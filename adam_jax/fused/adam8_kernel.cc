@@ -330,9 +330,129 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
   }
 }
 
+// The same two passes on 16 lanes with AVX-512 (F, BW for the 16-bit arithmetic): the operations of SpanAvx2
+// element by element (so bitwise its results), with mask registers where AVX2 used compare vectors and
+// vpmovdb (truncation: every code fits a byte, as in the saturating packs) to narrow the codes.
+#define ADAM_JAX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+
+// Eight per-decade constants in the low half of a 16-lane vector (decades are indexed 0..7 only).
+ADAM_JAX_AVX512 inline __m512 Table16(const float* eight) { return _mm512_zextps256_ps512(_mm256_loadu_ps(eight)); }
+
+ADAM_JAX_AVX512 inline __m512 And16(__m512 x, __m512i mask) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), mask));
+}
+
+// EncodeMagnitude8 on 16 lanes (see there).
+ADAM_JAX_AVX512 inline __m512i EncodeMagnitude16(__m512 a, int k, __m512 next_lower, __m512 c1, __m512 c0) {
+  const int cap = (k * 65536 + 19728) / 19729;
+  const __m512i b = _mm512_max_epu16(_mm512_srli_epi32(_mm512_castps_si512(a), 23), _mm512_set1_epi32(126 - cap));
+  __m512i e = _mm512_mulhi_epu16(_mm512_subs_epu16(_mm512_set1_epi32(126), b), _mm512_set1_epi32(19729));
+  const __mmask16 below = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(e, next_lower), _CMP_LT_OQ);
+  e = _mm512_mask_add_epi32(e, below, e, _mm512_set1_epi32(1));
+  return _mm512_cvtps_epi32(_mm512_fmadd_ps(a, _mm512_permutexvar_ps(e, c1), _mm512_permutexvar_ps(e, c0)));
+}
+
+// DecodeMagnitude8 on 16 lanes.
+ADAM_JAX_AVX512 inline __m512 DecodeMagnitude16(__m512 n, int k, __m512 c, __m512 w) {
+  const __m512i b = _mm512_max_epu16(_mm512_srli_epi32(_mm512_castps_si512(n), 23), _mm512_set1_epi32(127));
+  const __m512i e = _mm512_subs_epu16(_mm512_set1_epi32(k + 127), b);
+  return _mm512_mul_ps(_mm512_sub_ps(n, _mm512_permutexvar_ps(e, c)), _mm512_permutexvar_ps(e, w));
+}
+
+// DecodeSigned8 on 16 lanes.
+ADAM_JAX_AVX512 inline __m512 DecodeSigned16(__m512 x, __m512 c, __m512 w) {
+  const __m512i bits = _mm512_castps_si512(x), sign = _mm512_set1_epi32(INT32_MIN);
+  const __m512 magnitude = DecodeMagnitude16(_mm512_castsi512_ps(_mm512_andnot_si512(sign, bits)),
+                                             kDecadesSigned - 1, c, w);
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude), _mm512_and_si512(sign, bits)));
+}
+
+struct Encoder16 {
+  __m512 one, zero, m_next_lower, m_c1, m_c0, v_next_lower, v_c1, v_c0;
+  __m512i abs_mask, low_byte;
+};
+
+// Encode8 on 16 lanes: the codes of moments [i, i + 16), stored as bytes.
+ADAM_JAX_AVX512 inline void Encode16(const Encoder16& c, const float* mt, const float* vt, int64_t i,
+                                     __m512 scale_m, __m512 scale_v, int8_t* mc, uint8_t* vc) {
+  const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(mt + i), scale_m);
+  const __m512 a = _mm512_min_ps(c.one, And16(x, c.abs_mask));  // NaN stays NaN (min returns its second operand)
+  const __m512i n = _mm512_and_si512(EncodeMagnitude16(a, kDecadesSigned - 1, c.m_next_lower, c.m_c1, c.m_c0),
+                                     c.low_byte);
+  // sign_epi32(n, x): -n where x's bits are negative as int32, 0 where they are 0, n elsewhere.
+  const __m512i xi = _mm512_castps_si512(x), zero = _mm512_setzero_si512();
+  const __m512i signed_n = _mm512_mask_sub_epi32(n, _mm512_cmplt_epi32_mask(xi, zero), zero, n);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(mc + i),
+                   _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(_mm512_test_epi32_mask(xi, xi), signed_n)));
+  const __m512 y = _mm512_min_ps(c.one, _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(vt + i), scale_v), c.zero));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(vc + i),
+                   _mm512_cvtepi32_epi8(EncodeMagnitude16(y, kDecadesUnsigned - 1, c.v_next_lower, c.v_c1, c.v_c0)));
+}
+
+template <bool kDecay, bool kUpdates>
+ADAM_JAX_AVX512 void SpanAvx512(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt,
+                                float* vt) {
+  const __m512 one_minus_b1 = _mm512_set1_ps(h.one_minus_b1), b1 = _mm512_set1_ps(h.b1);
+  const __m512 one_minus_b2 = _mm512_set1_ps(h.one_minus_b2), b2 = _mm512_set1_ps(h.b2);
+  const __m512 r1 = _mm512_set1_ps(1.0f / h.c1), r2 = _mm512_set1_ps(1.0f / h.c2);
+  const __m512 eps_root = _mm512_set1_ps(h.eps_root), eps = _mm512_set1_ps(h.eps);
+  const __m512 wd = _mm512_set1_ps(h.wd), neg_lr = _mm512_set1_ps(h.neg_lr);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512 m_dc = Table16(q.m_dc), m_dw = Table16(q.m_dw), v_dc = Table16(q.v_dc), v_dw = Table16(q.v_dw);
+  float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade
+  for (int e = 0; e < 8; ++e) {
+    m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
+    v_next[e] = e + 1 < kDecadesUnsigned ? q.v_lower[e + 1] : 0.0f;
+  }
+  const Encoder16 enc{_mm512_set1_ps(1.0f), _mm512_setzero_ps(), Table16(m_next),  Table16(q.m_c1),
+                      Table16(q.m_c0),      Table16(v_next),     Table16(q.v_c1), Table16(q.v_c0),
+                      abs_mask,             _mm512_set1_epi32(0xff)};
+  for (int64_t k = 0; k * block_size < span.n; ++k) {
+    const Block b = SubBlock(span, k * block_size, k, block_size);
+    const int64_t n16 = b.n & ~int64_t{15};
+    const __m512 old_m = _mm512_set1_ps(*b.ma), old_v = _mm512_set1_ps(*b.va);
+    __m512 amax_m16 = _mm512_setzero_ps(), amax_v16 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n16; i += 16) {
+      const __m512i cm = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.mc + i)));
+      const __m512i cv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.vc + i)));
+      const __m512 mo = _mm512_mul_ps(DecodeSigned16(_mm512_cvtepi32_ps(cm), m_dc, m_dw), old_m);
+      const __m512 vq = DecodeMagnitude16(_mm512_cvtepi32_ps(cv), kDecadesUnsigned - 1, v_dc, v_dw);
+      const __m512 vo = _mm512_mul_ps(vq, old_v);
+      const __m512 g = _mm512_loadu_ps(b.g + i);
+      const __m512 m = _mm512_fmadd_ps(one_minus_b1, g, _mm512_mul_ps(b1, mo));
+      const __m512 v = _mm512_fmadd_ps(one_minus_b2, _mm512_mul_ps(g, g), _mm512_mul_ps(b2, vo));
+      _mm512_storeu_ps(mt + i, m);
+      _mm512_storeu_ps(vt + i, v);
+      amax_m16 = _mm512_max_ps(And16(m, abs_mask), amax_m16);  // NaN in the first operand: keeps amax_m16
+      amax_v16 = _mm512_max_ps(And16(v, abs_mask), amax_v16);
+      const __m512 denom = _mm512_add_ps(_mm512_sqrt_ps(_mm512_fmadd_ps(v, r2, eps_root)), eps);
+      __m512 d = _mm512_div_ps(_mm512_mul_ps(m, r1), denom);
+      if constexpr (kUpdates && !kDecay) {
+        _mm512_storeu_ps(b.out + i, _mm512_mul_ps(neg_lr, d));
+      } else {
+        const __m512 p = _mm512_loadu_ps(b.p + i);
+        if constexpr (kDecay) d = _mm512_fmadd_ps(wd, p, d);
+        _mm512_storeu_ps(b.out + i, kUpdates ? _mm512_mul_ps(neg_lr, d) : _mm512_fmadd_ps(neg_lr, d, p));
+      }
+    }
+    float amax_m = _mm512_reduce_max_ps(amax_m16), amax_v = _mm512_reduce_max_ps(amax_v16), sm, sv;  // no NaN
+    Pass1Scalar<true, kDecay, kUpdates>(b, n16, h, q, mt, vt, amax_m, amax_v);
+    Finish(b, mt, vt, amax_m, amax_v, sm, sv);
+    const __m512 scale_m = _mm512_set1_ps(sm), scale_v = _mm512_set1_ps(sv);
+    for (int64_t i = 0; i < n16; i += 16) Encode16(enc, mt, vt, i, scale_m, scale_v, b.mc, b.vc);
+    Pass2Scalar<true>(b, n16, q, mt, vt, sm, sv);
+  }
+}
+
 bool HasAvx2Fma() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+bool HasAvx512() {
+  __builtin_cpu_init();
+  return IsaCeiling() >= kIsaAvx512 && HasAvx2Fma() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 #define ADAM_JAX_HAVE_AVX2_PATH 1
 #endif
@@ -341,7 +461,11 @@ using SpanFn = void (*)(const Block&, int64_t, const Hyper&, const Maps&, float*
 
 SpanFn ChooseSpanFn(bool decay, bool updates) {
 #if defined(ADAM_JAX_HAVE_AVX2_PATH)
-  static const bool avx2 = HasAvx2Fma();
+  static const bool avx512 = HasAvx512(), avx2 = HasAvx2Fma();
+  if (avx512) {
+    if (updates) return decay ? SpanAvx512<true, true> : SpanAvx512<false, true>;
+    return decay ? SpanAvx512<true, false> : SpanAvx512<false, false>;
+  }
   if (avx2) {
     if (updates) return decay ? SpanAvx2<true, true> : SpanAvx2<false, true>;
     return decay ? SpanAvx2<true, false> : SpanAvx2<false, false>;
@@ -469,6 +593,15 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
 }  // namespace
 
 extern "C" ADAM_JAX_EXPORT XLA_FFI_Error* AdamJaxFusedAdam8(XLA_FFI_CallFrame* call_frame);
+
+// Which build of the 8-bit loops this CPU runs (for the test log and the benchmark tables).
+extern "C" ADAM_JAX_EXPORT const char* AdamJaxFused8Isa() {
+#if defined(ADAM_JAX_HAVE_AVX2_PATH)
+  if (HasAvx512()) return "avx512";
+  if (HasAvx2Fma()) return "avx2+fma";
+#endif
+  return "scalar";
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam8, Adam8Impl,
                               ffi::Ffi::Bind()

@@ -84,10 +84,14 @@ struct Isa {
 Isa SelectIsa() {
 #if defined(ADAM_JAX_X86_DISPATCH)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
+  const IsaLevel ceiling = IsaCeiling();
+  if (ceiling >= kIsaAvx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma")) {
     return {AdamAvx512, "avx512+fma"};
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {AdamAvx2, "avx2+fma"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return {AdamAvx2, "avx2+fma"};
+  }
   return {AdamPortable, "sse2"};
 #elif defined(__aarch64__)
   return {AdamPortable, "neon+fma"};
