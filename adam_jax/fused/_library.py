@@ -59,8 +59,8 @@ def _load() -> tuple[str | None, str]:
         isa_8bit = library.AdamJaxFused8Isa().decode()
     except (OSError, AttributeError, RuntimeError, ValueError) as error:
         return None, f'fused kernel at {path} failed to load ({error}); using the composed chain (pure XLA)'
-    capped = f', capped by {ISA_ENV}={ceiling}' if ceiling else ''
-    return isa, f'fused kernel loaded from {path.name} ({isa}; 8-bit: {isa_8bit}{capped})'
+    setting = f'; {ISA_ENV}={ceiling}' if ceiling else ''
+    return isa, f'fused kernel loaded from {path.name} ({isa}; 8-bit: {isa_8bit}{setting})'
 
 
 def available() -> bool:
