@@ -55,6 +55,7 @@ constexpr int kMapFloats = 256 + 256 + 10 * 8;
 // (unused slots hold lower = 0, never chosen), decoding's signed c, w, unsigned c, w].
 struct Maps {
   const float *m_table, *v_table, *m_lower, *m_c1, *m_c0, *v_lower, *v_c1, *v_c0, *m_dc, *m_dw, *v_dc, *v_dw;
+  float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade: the vector encoders' one compare per decade
 
   explicit Maps(const float* f)
       : m_table(f + 128),
@@ -68,7 +69,12 @@ struct Maps {
         m_dc(f + 560),
         m_dw(f + 568),
         v_dc(f + 576),
-        v_dw(f + 584) {}
+        v_dw(f + 584) {
+    for (int e = 0; e < 8; ++e) {
+      m_next[e] = e + 1 < kDecadesSigned ? m_lower[e + 1] : 0.0f;
+      v_next[e] = e + 1 < kDecadesUnsigned ? v_lower[e + 1] : 0.0f;
+    }
+  }
 };
 
 // float -> int32 as XLA converts the rounded value: NaN -> INT32_MIN, whose low byte (the code) is 0.
@@ -270,15 +276,10 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 m_dc = _mm256_loadu_ps(q.m_dc), m_dw = _mm256_loadu_ps(q.m_dw);
   const __m256 v_dc = _mm256_loadu_ps(q.v_dc), v_dw = _mm256_loadu_ps(q.v_dw);
-  float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade
-  for (int e = 0; e < 8; ++e) {
-    m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
-    v_next[e] = e + 1 < kDecadesUnsigned ? q.v_lower[e + 1] : 0.0f;
-  }
   const Encoder enc{_mm256_set1_ps(1.0f),    _mm256_setzero_ps(),
-                    abs_mask,                _mm256_loadu_ps(m_next),
+                    abs_mask,                _mm256_loadu_ps(q.m_next),
                     _mm256_loadu_ps(q.m_c1), _mm256_loadu_ps(q.m_c0),
-                    _mm256_loadu_ps(v_next), _mm256_loadu_ps(q.v_c1),
+                    _mm256_loadu_ps(q.v_next), _mm256_loadu_ps(q.v_c1),
                     _mm256_loadu_ps(q.v_c0), _mm256_set1_epi32(0xff)};
   for (int64_t k = 0; k * block_size < span.n; ++k) {
     const Block b = SubBlock(span, k * block_size, k, block_size);
@@ -399,13 +400,8 @@ ADAM_JAX_AVX512 void SpanAvx512(const Block& span, int64_t block_size, const Hyp
   const __m512 wd = _mm512_set1_ps(h.wd), neg_lr = _mm512_set1_ps(h.neg_lr);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512 m_dc = Table16(q.m_dc), m_dw = Table16(q.m_dw), v_dc = Table16(q.v_dc), v_dw = Table16(q.v_dw);
-  float m_next[8], v_next[8];  // lower[e + 1], 0 past the last decade
-  for (int e = 0; e < 8; ++e) {
-    m_next[e] = e + 1 < kDecadesSigned ? q.m_lower[e + 1] : 0.0f;
-    v_next[e] = e + 1 < kDecadesUnsigned ? q.v_lower[e + 1] : 0.0f;
-  }
-  const Encoder16 enc{_mm512_set1_ps(1.0f), _mm512_setzero_ps(), Table16(m_next),  Table16(q.m_c1),
-                      Table16(q.m_c0),      Table16(v_next),     Table16(q.v_c1), Table16(q.v_c0),
+  const Encoder16 enc{_mm512_set1_ps(1.0f), _mm512_setzero_ps(), Table16(q.m_next),  Table16(q.m_c1),
+                      Table16(q.m_c0),      Table16(q.v_next),     Table16(q.v_c1), Table16(q.v_c0),
                       abs_mask,             _mm512_set1_epi32(0xff)};
   for (int64_t k = 0; k * block_size < span.n; ++k) {
     const Block b = SubBlock(span, k * block_size, k, block_size);
@@ -451,7 +447,7 @@ bool HasAvx2Fma() {
 
 bool HasAvx512() {
   __builtin_cpu_init();
-  return IsaCeiling() >= kIsaAvx512 && HasAvx2Fma() && __builtin_cpu_supports("avx512f") &&
+  return Avx512Allowed() && HasAvx2Fma() && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 #define ADAM_JAX_HAVE_AVX2_PATH 1

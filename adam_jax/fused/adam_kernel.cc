@@ -84,8 +84,7 @@ struct Isa {
 Isa SelectIsa() {
 #if defined(ADAM_JAX_X86_DISPATCH)
   __builtin_cpu_init();
-  const IsaLevel ceiling = IsaCeiling();
-  if (ceiling >= kIsaAvx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+  if (Avx512Allowed() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("fma")) {
     return {AdamAvx512, "avx512+fma"};
   }

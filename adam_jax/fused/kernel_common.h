@@ -124,15 +124,13 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
 // Elements per work item: 1.75 MiB of traffic at 28 B/param, enough to hide the scheduling.
 constexpr int64_t kItemElements = 1 << 16;
 
-// The widest instruction set the x86-64 kernels may choose, read once from ADAM_JAX_FUSED_ISA: "avx2" caps it
-// (so that the tests can run the AVX2 loops on an AVX-512 CPU); unset, empty or "avx512" leave the CPU's best.
-// adam_jax/fused/_library.py refuses any other value before the kernels are loaded. (No cap goes below AVX2:
-// the baseline loops use no FMA, XLA's code on an FMA CPU does, so they would not be bitwise its chain there.)
-enum IsaLevel { kIsaAvx2 = 1, kIsaAvx512 = 2 };
-
-inline IsaLevel IsaCeiling() {
+// Whether the x86-64 kernels may choose their AVX-512 loops: not where ADAM_JAX_FUSED_ISA is "avx2" (so that the
+// tests can run the AVX2 loops on an AVX-512 CPU). adam_jax/fused/_library.py refuses values other than avx2 and
+// avx512 before the kernels are loaded. (No cap goes below AVX2: the baseline loops use no FMA, XLA's code on an
+// FMA CPU does, so they would not be bitwise its chain there.)
+inline bool Avx512Allowed() {
   const char* value = std::getenv("ADAM_JAX_FUSED_ISA");
-  return value != nullptr && std::strcmp(value, "avx2") == 0 ? kIsaAvx2 : kIsaAvx512;
+  return value == nullptr || std::strcmp(value, "avx2") != 0;
 }
 
 }  // namespace adam_jax_kernel
