@@ -218,6 +218,14 @@ def _momentum(b1: chex.Numeric, momentum_decay: chex.Numeric, t: chex.Array, wid
     return b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
 
 
+def nesterov_coefficients(b1: chex.Numeric, count: chex.Array, wide: Any) -> tuple[chex.Array, chex.Array]:
+    r"""NAdam's coefficients with a constant :math:`\beta_1`, in ``wide``: :math:`c_m = \beta_1 / (1 -
+    \beta_1^{t+1})` and :math:`c_g = (1 - \beta_1) / (1 - \beta_1^t)`, so that :math:`\hat m_t = c_m m_t + c_g g_t`
+    (the fused kernels take these same values)."""
+    b1_wide = jnp.asarray(b1, wide)
+    return b1 / (1 - b1_wide ** saturating_increment(count)), (1 - b1) / (1 - b1_wide**count)
+
+
 def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.GradientTransformationExtraArgs:
     r"""NAdam's look-ahead first moment (Dozat 2016, "Incorporating Nesterov Momentum into Adam").
 
@@ -271,10 +279,7 @@ def nesterov_momentum(momentum_decay: chex.Numeric | None = None) -> optax.Gradi
             coefficients = lambda wide: (mu_next / (1 - product * mu_next), (1 - mu_t) / (1 - product))
         else:  # mu_t = b1: the products are powers, formed in each leaf's correction dtype like debias
             check_correctable('b1', b1, moments.mu, moments.precise_corrections)
-            coefficients = lambda wide: (
-                b1 / (1 - jnp.asarray(b1, wide) ** t_next),
-                (1 - b1) / (1 - jnp.asarray(b1, wide) ** t),
-            )
+            coefficients = functools.partial(nesterov_coefficients, b1, t)
 
         @per_dtype
         def cast_coefficients(dtype):

@@ -1,6 +1,6 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
-Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch]``.
+Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
@@ -11,6 +11,9 @@ then the median and fastest of ``--steps`` interleaved, donated steps (in an ord
 steps then share one process's memory and machine state, which ``benchmarks.run`` (a process per
 implementation) cannot give. torch keeps its default OpenMP settings: its threads spin for a while after
 each of its steps, which the pause after every step (``benchmarks.interleave.PAUSE_S``) lets run out.
+
+``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` to the same rounds
+(NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument('--params', type=int, default=2**24)
     parser.add_argument('--steps', type=int, default=50)
     parser.add_argument('--torch', action='store_true', help="also time torch's fused CPU Adam in this process")
+    parser.add_argument('--nadam', action='store_true', help='also time NAdam: optax, the chain and the fused step')
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -78,6 +82,14 @@ def main() -> None:
         'adam_jax.adam': (adam_jax.adam(1e-3), _update_step),
         'adam_jax.fused.adam(...).step': (fused.adam(1e-3), _fused_step),
     }
+    if args.nadam:
+        optimizers.update(
+            {
+                'optax.nadam': (optax.nadam(1e-3), _update_step),
+                'adam_jax.nadam': (adam_jax.nadam(1e-3), _update_step),
+                'adam_jax.fused.nadam(...).step': (fused.nadam(1e-3), _fused_step),
+            }
+        )
     print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')
     runs = {}
     for name, (opt, make_step) in optimizers.items():

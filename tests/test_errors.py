@@ -320,6 +320,7 @@ def test_a_factory_or_a_non_state_where_an_object_belongs_is_a_type_error(build,
     [
         lambda **kw: adam_jax.adam(1e-3, **kw),
         lambda **kw: fused.adam(1e-3, **kw),
+        lambda **kw: fused.nadam(1e-3, **kw),
         lambda **kw: adam_jax.nadam(1e-3, **kw),  # b1 in the look-ahead's powers (found by review)
     ],
 )

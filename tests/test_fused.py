@@ -32,6 +32,15 @@ CASES = {
         fused.adamw(optax.linear_schedule(3e-2, 1e-3, 50), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, weight_decay=0.05),
         optax.adamw(optax.linear_schedule(3e-2, 1e-3, 50), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, weight_decay=0.05),
     ),
+    'nadam': lambda: (fused.nadam(3e-2), optax.nadam(3e-2)),
+    'nadamw-mask-schedule-eps_root': lambda: (
+        fused.nadamw(
+            optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps_root=1e-9, weight_decay=0.1, mask=MASK
+        ),
+        optax.nadamw(
+            optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps_root=1e-9, weight_decay=0.1, mask=MASK
+        ),
+    ),
 }
 needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
 pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
@@ -163,6 +172,7 @@ def test_same_array_as_params_and_grads():
         fused.adam(1e-2),
         fused.adamw(1.0, weight_decay=0.1, mask=lambda p: {'w': True, 'b': False, 's': True}),
         fused.adam(1e-2, mu_dtype='int8', nu_dtype='uint8'),
+        fused.nadamw(1e-2, weight_decay=0.1),
     ],
 )
 def test_one_element_leaves_are_bitwise_the_chain(opt):
@@ -203,6 +213,8 @@ def test_a_foreign_state_is_refused_by_name():
         (optax.adam(1e-3).init(params), fused.adam(1e-3), 'fused.adam'),
         (fused.adamw(1e-3).init(params), fused.adam(1e-3), 'fused.adam'),
         (fused.adam(1e-3).init(params), fused.adamw(1e-3), 'fused.adamw'),
+        (fused.adam(1e-3).init(params), fused.nadam(1e-3), 'fused.nadam'),  # the direction's chain is longer
+        (fused.nadamw(1e-3).init(params), fused.adamw(1e-3), 'fused.adamw'),
     ]:
         with pytest.raises(TypeError, match=rf"{name}\(...\)\.step needs the state made by the same optimizer's init"):
             jax.jit(opt.step)(params, params, state)
@@ -331,3 +343,42 @@ def test_kernel_step_is_bitwise_the_chain_with_two_leaves_of_odd_sizes():
     grads = jax.tree.map(lambda x: jnp.cos(3 * x), params)
     state = opt.init(params)
     assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+
+
+@needs_kernel
+def test_nadam_is_bitwise_the_chain_for_every_leaf_size_and_takes_the_kernel_in_one_pass():
+    # NAdam's look-ahead c_m m_t + c_g g_t needs only what Adam's pass holds: the same one call, 28 B/param. XLA
+    # fuses c_m m_t (the sum's first product) with the add; the kernel does the same. Leaf sizes 1-40 (and 3-120)
+    # cover the vector loops' tails (8 and 16 lanes) and the one-element leaf that the chain takes.
+    rng = np.random.default_rng(5)
+    opt = fused.nadamw(1e-2, b1=0.8, b2=0.99, eps_root=1e-9, weight_decay=0.1, mask=lambda p: {'a': True, 'b': False})
+    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
+    sizes = [*range(1, 41), 65536 + 7]  # each leaf is its own loop: every tail length, and one spanning two chunks
+    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
+    state = opt.init(params)
+    for t in range(6):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        got, want = step(params, grads, state), reference(params, grads, state)
+        assert leaves_equal(got, want), f'step {t}'
+        params, state = want
+    # 40 + 41 leaves of more than one element in groups of at most 32 per call (decayed and undecayed apart)
+    assert kernel_calls(opt.step, params, grads, state) == 4
+    # The look-ahead is applied: NAdam's step is not Adam's from the same state.
+    adam = fused.adamw(1e-2, b1=0.8, b2=0.99, eps_root=1e-9, weight_decay=0.1, mask=lambda p: {'a': True, 'b': False})
+    adam_state = ((state[0][0], *adam.init(params)[0][1:]), *state[1:])  # the same moments, Adam's chain
+    assert max_abs_diff(jax.jit(adam.step)(params, grads, adam_state)[0], want[0]) > 1e-4
+
+
+def test_nesterov_is_nadam_and_is_checked():
+    params = {'w': jnp.linspace(-1, 1, 300)}
+    grads = {'w': jnp.cos(3 * params['w'])}
+    for opt, reference in (
+        (fused.adam(1e-2, nesterov=True), adam_jax.nadam(1e-2)),
+        (fused.adamw(1e-2, weight_decay=0.1, nesterov=True), adam_jax.nadamw(1e-2, weight_decay=0.1)),
+    ):
+        state = warm_state(opt, params, 4)
+        assert leaves_equal(
+            jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(reference))(params, grads, state)
+        )
+    with pytest.raises(TypeError, match='nesterov'):
+        fused.adam(1e-2, nesterov='yes')

@@ -1,10 +1,10 @@
 """Fused Adam / AdamW: one in-place pass over memory per step on CPU (a C++ kernel through the XLA FFI).
 
-``adam_jax.fused.adam`` and ``adam_jax.fused.adamw`` are the composed optimizers with a ``step``
+``adam_jax.fused.adam``, ``adamw``, ``nadam`` and ``nadamw`` are the composed optimizers with a ``step``
 that applies the update; :func:`status` says whether the kernel is in use.
 """
 
 from adam_jax.fused._library import available, status
-from adam_jax.fused.optimizer import FusedTransformation, adam, adamw
+from adam_jax.fused.optimizer import FusedTransformation, adam, adamw, nadam, nadamw
 
-__all__ = ['FusedTransformation', 'adam', 'adamw', 'available', 'status']
+__all__ = ['FusedTransformation', 'adam', 'adamw', 'available', 'nadam', 'nadamw', 'status']

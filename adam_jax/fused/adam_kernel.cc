@@ -6,6 +6,7 @@
 //
 //   m = fma(1 - b1, g, b1 m)          v = fma(1 - b2, g g, b2 v)
 //   d = (m r1) / (sqrt(fma(v, r2, eps_root)) + eps)       r_i = 1 / (1 - b_i^t); 1 - b_i^t from the caller
+//       (NAdam, nesterov=1: m r1 is fma(c_m, m, c_g g), c_m = b1 / (1 - b1^(t+1)), c_g = (1 - b1) / (1 - b1^t))
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -32,7 +33,7 @@ using namespace adam_jax_kernel;
 
 namespace {
 
-template <bool kFma, bool kDecay>
+template <bool kFma, bool kDecay, bool kNesterov>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
                                                 float* __restrict m, float* __restrict v, int64_t n, const Hyper h) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
@@ -41,38 +42,52 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     const float vi = SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    p[i] = NewParam<kFma, kDecay>(h, r1, r2, p[i], mi, vi);
+    p[i] = NewParam<kFma, kDecay, kNesterov>(h, r1, r2, p[i], g[i], mi, vi);
   }
 }
 
-using LoopFn = void (*)(float*, const float*, float*, float*, int64_t, const Hyper, bool);
+// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment.
+struct Variant {
+  bool decay, nesterov;
+};
 
+using LoopFn = void (*)(float*, const float*, float*, float*, int64_t, const Hyper, Variant);
+
+// Always inlined: each ISA's entry point must hold its own copies of the loops (a shared out-of-line Dispatch
+// would compile them for the baseline ISA, where __builtin_fmaf is a library call: 6x slower, found by timing).
 template <bool kFma>
-inline void Dispatch(float* p, const float* g, float* m, float* v, int64_t n, const Hyper h, bool decay) {
-  if (decay) {
-    Loop<kFma, true>(p, g, m, v, n, h);
+__attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, int64_t n,
+                                                    const Hyper h, Variant x) {
+  if (x.nesterov) {
+    if (x.decay) {
+      Loop<kFma, true, true>(p, g, m, v, n, h);
+    } else {
+      Loop<kFma, false, true>(p, g, m, v, n, h);
+    }
+  } else if (x.decay) {
+    Loop<kFma, true, false>(p, g, m, v, n, h);
   } else {
-    Loop<kFma, false>(p, g, m, v, n, h);
+    Loop<kFma, false, false>(p, g, m, v, n, h);
   }
 }
 
-void AdamPortable(float* p, const float* g, float* m, float* v, int64_t n, const Hyper h, bool decay) {
+void AdamPortable(float* p, const float* g, float* m, float* v, int64_t n, const Hyper h, Variant x) {
 #if defined(__aarch64__) || defined(__FMA__)
-  Dispatch<true>(p, g, m, v, n, h, decay);  // the baseline of this target has FMA, as XLA's code uses
+  Dispatch<true>(p, g, m, v, n, h, x);  // the baseline of this target has FMA, as XLA's code uses
 #else
-  Dispatch<false>(p, g, m, v, n, h, decay);
+  Dispatch<false>(p, g, m, v, n, h, x);
 #endif
 }
 
 #if defined(ADAM_JAX_X86_DISPATCH)
 __attribute__((target("avx2,fma"))) void AdamAvx2(float* p, const float* g, float* m, float* v, int64_t n,
-                                                  const Hyper h, bool decay) {
-  Dispatch<true>(p, g, m, v, n, h, decay);
+                                                  const Hyper h, Variant x) {
+  Dispatch<true>(p, g, m, v, n, h, x);
 }
 
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void AdamAvx512(float* p, const float* g, float* m, float* v,
-                                                                     int64_t n, const Hyper h, bool decay) {
-  Dispatch<true>(p, g, m, v, n, h, decay);
+                                                                     int64_t n, const Hyper h, Variant x) {
+  Dispatch<true>(p, g, m, v, n, h, x);
 }
 #endif
 
@@ -112,7 +127,7 @@ struct Leaf {
 };
 
 // Updates elements [lo, hi) of one leaf.
-void Segment(const Leaf& leaf, int64_t lo, int64_t hi, bool decay, std::vector<float>& scratch) {
+void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<float>& scratch) {
   const int64_t n = hi - lo;
   float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
   CopyIfNotAliased(p, leaf.p_in + lo, n);
@@ -124,11 +139,11 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, bool decay, std::vector<f
     scratch.assign(g, g + n);  // the same array passed twice
     g = scratch.data();
   }
-  ChosenIsa().loop(p, g, m, v, n, *leaf.h, decay);
+  ChosenIsa().loop(p, g, m, v, n, *leaf.h, x);
 }
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, int32_t decay) {
+                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 10 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
@@ -166,6 +181,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       total += part;
     }
   }
+  const Variant variant{decay != 0, nesterov != 0};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
     const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
@@ -174,7 +190,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
     for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
       const int64_t a = std::max(lo, leaf->start) - leaf->start;
       const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
-      if (b > a) Segment(*leaf, a, b, decay != 0, scratch);
+      if (b > a) Segment(*leaf, a, b, variant, scratch);
     }
   });
   return ffi::Error::Success();
@@ -193,4 +209,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .RemainingArgs()
                                   .RemainingRets()
-                                  .Attr<int32_t>("decay"));
+                                  .Attr<int32_t>("decay")
+                                  .Attr<int32_t>("nesterov"));

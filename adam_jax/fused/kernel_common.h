@@ -21,15 +21,31 @@ namespace adam_jax_kernel {
 namespace ffi = xla::ffi;
 
 // The scalars operand of every kernel, f32[kNumScalars], formed by adam_jax/fused/optimizer.py.
-enum Scalar { kOneMinusB1, kB1, kOneMinusB2, kB2, kC1, kC2, kEpsRoot, kEps, kWeightDecay, kNegLr, kNumScalars };
+// kNesterovM, kNesterovG: NAdam's look-ahead coefficients b1 / (1 - b1^(t+1)) and (1 - b1) / (1 - b1^t) (unused
+// without Nesterov momentum).
+enum Scalar {
+  kOneMinusB1,
+  kB1,
+  kOneMinusB2,
+  kB2,
+  kC1,
+  kC2,
+  kEpsRoot,
+  kEps,
+  kWeightDecay,
+  kNegLr,
+  kNesterovM,
+  kNesterovG,
+  kNumScalars
+};
 
 struct Hyper {
-  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr;
+  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr, nesterov_m, nesterov_g;
 };
 
 inline Hyper ReadHyper(const float* s) {
-  return Hyper{s[kOneMinusB1], s[kB1], s[kOneMinusB2], s[kB2],          s[kC1],
-               s[kC2],         s[kEpsRoot], s[kEps], s[kWeightDecay], s[kNegLr]};
+  return Hyper{s[kOneMinusB1], s[kB1], s[kOneMinusB2],  s[kB2],    s[kC1],         s[kC2],
+               s[kEpsRoot],    s[kEps], s[kWeightDecay], s[kNegLr], s[kNesterovM], s[kNesterovG]};
 }
 
 // The scalars of a batch of independent problems. Under jax.vmap the kernels are called with every operand
@@ -65,24 +81,35 @@ inline float SecondMoment(const Hyper& h, float g, float v) {
   return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
 }
 
+// The corrected first moment: m_t r1 (Adam), or with Nesterov momentum NAdam's look-ahead
+// b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t) (Dozat 2016; adam_jax.nesterov_momentum).
+template <bool kFma, bool kNesterov>
+inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
+  if constexpr (kNesterov) {
+    return Fma<kFma>(h.nesterov_m, m, h.nesterov_g * g);
+  } else {
+    return m * r1;
+  }
+}
+
 // The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales.
-template <bool kFma, bool kDecay>
-inline float Direction(const Hyper& h, float r1, float r2, float p, float m, float v) {
-  float d = (m * r1) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+template <bool kFma, bool kDecay, bool kNesterov = false>
+inline float Direction(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
+  float d = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g, m) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
   return d;
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
-template <bool kFma, bool kDecay>
-inline float NewParam(const Hyper& h, float r1, float r2, float p, float m, float v) {
-  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay>(h, r1, r2, p, m, v), p);
+template <bool kFma, bool kDecay, bool kNesterov = false>
+inline float NewParam(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kNesterov>(h, r1, r2, p, g, m, v), p);
 }
 
 // The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).
 template <bool kFma, bool kDecay>
-inline float Update(const Hyper& h, float r1, float r2, float p, float m, float v) {
-  return h.neg_lr * Direction<kFma, kDecay>(h, r1, r2, p, m, v);
+inline float Update(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
+  return h.neg_lr * Direction<kFma, kDecay>(h, r1, r2, p, g, m, v);
 }
 
 // Results not aliased to their operands start as a copy of them, then are updated in place.

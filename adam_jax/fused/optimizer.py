@@ -1,4 +1,4 @@
-r"""Adam and AdamW whose step can run as one fused pass over memory, in place.
+r"""Adam, AdamW, NAdam and NAdamW whose step can run as one fused pass over memory, in place.
 
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
@@ -57,7 +57,7 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, aliases, factored, quantization
-from adam_jax.correction import check_correctable, correction_dtype, one_minus_power
+from adam_jax.correction import check_correctable, correction_dtype, nesterov_coefficients, one_minus_power
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
@@ -92,15 +92,16 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _kernel_call(scalars, p, g, m, v, decay: bool):
-    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu."""
+def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False):
+    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu. ``nesterov``: NAdam's
+    look-ahead first moment (its coefficients are in ``scalars``)."""
     k = len(p)
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*p, *m, *v)]
     aliases = {1 + i: i for i in range(k)}  # operand index -> result index
     aliases.update({1 + 2 * k + i: k + i for i in range(k)})
     aliases.update({1 + 3 * k + i: 2 * k + i for i in range(k)})
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    out = call(scalars, *p, *g, *m, *v, decay=np.int32(decay))
+    out = call(scalars, *p, *g, *m, *v, decay=np.int32(decay), nesterov=np.int32(nesterov))
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
@@ -175,23 +176,23 @@ def _kernel_kind(p, g, m, v) -> tuple | None:
     return ('f32',)
 
 
-KERNELS = {'f32': _kernel_call, '8bit': _kernel8_call}
-
-
-def _is_state(state: Any, length: int) -> bool:
-    """Whether ``state`` has the structure of this optimizer's (a chain of ``length`` states, moments first)."""
-    ok = isinstance(state, tuple) and len(state) == length and isinstance(state[0], tuple) and state[0]
+def _is_state(state: Any, lengths: tuple[int, int]) -> bool:
+    """Whether ``state`` has the structure of this optimizer's: a chain of ``lengths[0]`` states whose first, the
+    direction's, is a chain of ``lengths[1]`` beginning with the moments (3 for Adam's, 4 with NAdam's look-ahead)."""
+    outer, direction = lengths
+    ok = isinstance(state, tuple) and len(state) == outer and isinstance(state[0], tuple) and len(state[0]) == direction
     return bool(ok) and isinstance(state[0][0], MomentsState)
 
 
-def _check_state(state: Any, length: int, name: str) -> None:
+def _check_state(state: Any, lengths: tuple[int, int], name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
-    if not _is_state(state, length):
+    if not _is_state(state, lengths):
         raise TypeError(
-            f"fused.{name}(...).step needs the state made by the same optimizer's init (a chain of {length} states "
-            f'beginning with adam_jax.MomentsState); got {type(state).__name__}'
+            f"fused.{name}(...).step needs the state made by the same optimizer's init (a chain of {lengths[0]} "
+            f'states beginning with a chain of {lengths[1]} that begins with adam_jax.MomentsState); got '
+            f'{type(state).__name__}'
             + (f' of {len(state)}' if isinstance(state, tuple) else '')
-            + '. A state of optax.adam, or of fused.adam for fused.adamw (or the reverse), does not fit.'
+            + '. A state of optax.adam, or of fused.adam for fused.adamw or fused.nadam (or the reverse), does not fit.'
         )
 
 
@@ -256,8 +257,11 @@ def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
     return jax.tree.structure(tree, is_leaf=is_compressed)
 
 
-def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype) -> FusedTransformation:
-    storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+def _fused(
+    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov
+) -> FusedTransformation:
+    _checks.check_bool('nesterov', nesterov)
+    storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
@@ -271,7 +275,10 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         return aliases.adamw(*args, weight_decay=h['weight_decay'], mask=mask, **storage)
 
     tx = make_tx(mask)
-    name, n_states = ('adam', 2) if weight_decay is None else ('adamw', 3)
+    name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
+    name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
+    # The float32 kernel has NAdam's look-ahead; the 8-bit kernel does not (with nesterov its leaves take the chain).
+    kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov), '8bit': _kernel8_call}
 
     def chain_with(h):
         """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
@@ -310,6 +317,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
         check_correctable('b1', b1, params, False)  # as the chain's bias_correct refuses them
         check_correctable('b2', b2, params, False)
+        # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
+        c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
         scalars = jnp.stack(
             [
                 _f32(1 - b1),
@@ -322,6 +331,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
                 _f32(eps),
                 _f32(wd),
                 _f32(neg_lr),
+                _f32(c_m),
+                _f32(c_g),
             ]
         )
         p, treedef = jax.tree.flatten(params)
@@ -342,7 +353,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
             for start in range(0, len(index), MAX_LEAVES_PER_CALL):
                 part = index[start : start + MAX_LEAVES_PER_CALL]
                 operands = ([x[i] for i in part] for x in (p, g, m, v))
-                outs = KERNELS[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
+                outs = kernels[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
                 for target, out in zip((new_p, new_m, new_v), outs):
                     for i, x in zip(part, out):
                         target[i] = x
@@ -376,6 +387,8 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
             kinds = [_leaf_kind(*x) for x in zip(*leaves)]
+            if nesterov:
+                kinds = [('chain',) if kind and kind[0] == '8bit' else kind for kind in kinds]
         if not (
             _library.available()
             and flags is not None
@@ -404,7 +417,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
         return kernel
 
     def step(params, grads, state):
-        _check_state(state, n_states, name)
+        _check_state(state, lengths, name)
         plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
@@ -414,7 +427,7 @@ def _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, n
     def update(grads, state, params=None, **extra_args):
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
         # decay the kernel reads no params: the grads stand in for them when none are given.
-        if extra_args or not _is_state(state, n_states):
+        if extra_args or not _is_state(state, lengths):
             return tx.update(grads, state, params, **extra_args)  # (the chain's own errors for a foreign state)
         stand_in = grads if params is None and weight_decay is None else params
         plan = None if stand_in is None else kernel_plan(stand_in, grads, state)
@@ -438,6 +451,7 @@ def adam(
     eps_root: chex.Numeric = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = False,
     nu_dtype: Any | None = None,
 ) -> FusedTransformation:
     r""":func:`adam_jax.adam` (Kingma & Ba 2014, Algorithm 1) with a fused, in-place ``step``.
@@ -452,9 +466,9 @@ def adam(
     ``init`` is the composed chain's and ``update`` returns its updates and state (8-bit leaves on the CPU
     kernel); ``step(params, grads, state)`` returns ``(params, state)`` and runs the fused kernels on CPU for
     float32 params whose moments are float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``); other storage
-    runs the chain, which ``.chain`` also gives.
+    runs the chain, which ``.chain`` also gives. ``nesterov=True`` is :func:`nadam`.
     """
-    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype)
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov)
 
 
 def adamw(
@@ -468,6 +482,7 @@ def adamw(
     mask: Any | Callable[[optax.Params], Any] | None = None,
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
+    nesterov: bool = False,
 ) -> FusedTransformation:
     r""":func:`adam_jax.adamw` (Loshchilov & Hutter 2019) with a fused, in-place ``step``.
 
@@ -480,6 +495,49 @@ def adamw(
     :func:`adam_jax.adamw` has ``mu_dtype`` where ``weight_decay`` would be). The kernels take float32 params
     with float32 or 8-bit (``mu_dtype='int8', nu_dtype='uint8'``) moments; other storage runs the chain.
     A ``mask`` of Python booleans (or a function of the params returning one) splits the leaves into a
-    decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain.
+    decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain. ``nesterov=True`` is
+    :func:`nadamw`.
     """
-    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype)
+    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
+
+
+def nadam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.nadam` (Dozat 2016, Adam with Nesterov momentum; ``optax.nadam``) with a fused, in-place
+    ``step``.
+
+    .. math::
+
+       \hat m_t = \frac{\beta_1 m_t}{1-\beta_1^{t+1}} + \frac{(1-\beta_1) g_t}{1-\beta_1^t}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \, \hat m_t / (\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon)
+
+    The same single pass as :func:`adam` (28 B/param): the look-ahead needs only :math:`m_t` and :math:`g_t`,
+    which the pass holds. Float32 moments run the kernel; 8-bit moments run the chain (the 8-bit kernel has no
+    look-ahead), inside the same jitted step.
+    """
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, True)
+
+
+def nadamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    *,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.nadamw` (:func:`nadam`'s direction with decoupled weight decay; ``optax.nadamw``) with a
+    fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only)."""
+    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, True)
