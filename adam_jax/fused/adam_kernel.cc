@@ -16,7 +16,7 @@
 // multiplies and adds. The file is built with -ffp-contract=off (the fmas are written out, no others
 // appear) and without -ffast-math; -fno-math-errno lets sqrtf vectorise (a correctly rounded sqrtps).
 //
-// Operands: scalars f32[10] (f32[batch, 10] under vmap: see ReadHypers), then params[n], grads[n], mu[n],
+// Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n], grads[n], mu[n],
 // nu[n]; results: params[n], mu[n], nu[n],
 // aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks that the
 // calling thread and XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
@@ -42,7 +42,8 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     const float vi = SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    p[i] = NewParam<kFma, kDecay, kNesterov>(h, r1, r2, p[i], g[i], mi, vi);
+    constexpr LookAhead kLook = kNesterov ? LookAhead::kFuseMoment : LookAhead::kNone;
+    p[i] = NewParam<kFma, kDecay, kLook>(h, r1, r2, p[i], g[i], mi, vi);
   }
 }
 
@@ -145,7 +146,7 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, int32_t decay, int32_t nesterov) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
-  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 10 scalars per problem");
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 12 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
   const size_t n = rets.size() / 3;
   if (rets.size() != 3 * n || args.size() != 4 * n) {

@@ -105,8 +105,9 @@ def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False):
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
-def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
-    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size).
+def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False, nesterov: bool = False):
+    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size); ``nesterov`` as
+    for :func:`_kernel_call`.
 
     Returns new params, mu and nu; with ``updates`` the chain's updates in place of the params (which are then
     only read, and only for the decay).
@@ -128,6 +129,7 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
         maps,
         *operands,
         decay=np.int32(decay),
+        nesterov=np.int32(nesterov),
         block_size=np.int32(block_size),
         updates=np.int32(updates),
     )
@@ -154,6 +156,15 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
     # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
     # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
     if p.size == 1 or (kind[0] == '8bit' and p.size < MIN_8BIT_KERNEL_SIZE):
+        return ('chain',)
+    return kind
+
+
+def _nesterov_kind(kind: tuple | None, p) -> tuple | None:
+    """With NAdam's look-ahead, an 8-bit leaf of exactly one block takes the chain: XLA compiles the look-ahead of
+    such a leaf (its absmax a single number, nothing padded) with the other product fused, 1 ulp from the kernel in
+    some elements (found by a sweep of leaf sizes and block sizes; every other size matched)."""
+    if kind is not None and kind[0] == '8bit' and p.size == kind[1]:
         return ('chain',)
     return kind
 
@@ -277,8 +288,10 @@ def _fused(
     tx = make_tx(mask)
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
     name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
-    # The float32 kernel has NAdam's look-ahead; the 8-bit kernel does not (with nesterov its leaves take the chain).
-    kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov), '8bit': _kernel8_call}
+    kernels = {
+        key: functools.partial(call, nesterov=nesterov)
+        for key, call in (('f32', _kernel_call), ('8bit', _kernel8_call))
+    }
 
     def chain_with(h):
         """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
@@ -388,7 +401,7 @@ def _fused(
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
             kinds = [_leaf_kind(*x) for x in zip(*leaves)]
             if nesterov:
-                kinds = [('chain',) if kind and kind[0] == '8bit' else kind for kind in kinds]
+                kinds = [_nesterov_kind(kind, p) for kind, p in zip(kinds, leaves[0])]
         if not (
             _library.available()
             and flags is not None
@@ -520,8 +533,8 @@ def nadam(
        \theta_t = \theta_{t-1} - \alpha_t \, \hat m_t / (\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon)
 
     The same single pass as :func:`adam` (28 B/param): the look-ahead needs only :math:`m_t` and :math:`g_t`,
-    which the pass holds. Float32 moments run the kernel; 8-bit moments run the chain (the 8-bit kernel has no
-    look-ahead), inside the same jitted step.
+    which the pass holds. Float32 moments run the float32 kernel and 8-bit moments the 8-bit one (16 B/param),
+    in ``step`` and, for the 8-bit leaves, in ``update``, as for :func:`adam`.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, True)
 
