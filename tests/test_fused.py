@@ -382,3 +382,12 @@ def test_nesterov_is_nadam_and_is_checked():
         )
     with pytest.raises(TypeError, match='nesterov'):
         fused.adam(1e-2, nesterov='yes')
+    # nesterov=False on the NAdam factories (there for adam_jax.nadam's and optax.nadam's signature) is Adam.
+    for opt, reference in (
+        (fused.nadam(1e-2, nesterov=False), adam_jax.adam(1e-2)),
+        (fused.nadamw(1e-2, nesterov=False), adam_jax.adamw(1e-2)),
+    ):
+        state = warm_state(opt, params, 4)
+        assert leaves_equal(
+            jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(reference))(params, grads, state)
+        )

@@ -522,6 +522,7 @@ def nadam(
     eps_root: chex.Numeric = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = True,
     nu_dtype: Any | None = None,
 ) -> FusedTransformation:
     r""":func:`adam_jax.nadam` (Dozat 2016, Adam with Nesterov momentum; ``optax.nadam``) with a fused, in-place
@@ -534,9 +535,10 @@ def nadam(
 
     The same single pass as :func:`adam` (28 B/param): the look-ahead needs only :math:`m_t` and :math:`g_t`,
     which the pass holds. Float32 moments run the float32 kernel and 8-bit moments the 8-bit one (16 B/param),
-    in ``step`` and, for the 8-bit leaves, in ``update``, as for :func:`adam`.
+    in ``step`` and, for the 8-bit leaves, in ``update``, as for :func:`adam`. ``nesterov`` is there for the
+    signature of :func:`adam_jax.nadam` and ``optax.nadam``: ``nesterov=False`` gives :func:`adam`.
     """
-    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, True)
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov)
 
 
 def nadamw(
@@ -550,7 +552,9 @@ def nadamw(
     mask: Any | Callable[[optax.Params], Any] | None = None,
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
+    nesterov: bool = True,
 ) -> FusedTransformation:
     r""":func:`adam_jax.nadamw` (:func:`nadam`'s direction with decoupled weight decay; ``optax.nadamw``) with a
-    fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only)."""
-    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, True)
+    fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only);
+    ``nesterov=False`` gives :func:`adamw`."""
+    return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
