@@ -12,8 +12,8 @@ steps then share one process's memory and machine state, which ``benchmarks.run`
 implementation) cannot give. torch keeps its default OpenMP settings: its threads spin for a while after
 each of its steps, which the pause after every step (``benchmarks.interleave.PAUSE_S``) lets run out.
 
-``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` with float32 and
-8-bit moments to the same rounds (NAdam's look-ahead in the fused kernels' one pass; torch has no fused NAdam).
+``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` to the same rounds
+(NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import adam_jax
 from adam_jax import fused
 from benchmarks.interleave import time_interleaved
 from benchmarks.run import torch_setup
-
-EIGHT_BIT = dict(mu_dtype='int8', nu_dtype='uint8')
 
 
 def _update_step(opt):
@@ -90,7 +88,6 @@ def main() -> None:
                 'optax.nadam': (optax.nadam(1e-3), _update_step),
                 'adam_jax.nadam': (adam_jax.nadam(1e-3), _update_step),
                 'adam_jax.fused.nadam(...).step': (fused.nadam(1e-3), _fused_step),
-                'adam_jax.fused.nadam(..., 8-bit).step': (fused.nadam(1e-3, **EIGHT_BIT), _fused_step),
             }
         )
     print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')

@@ -83,14 +83,6 @@ CASES = {
         mu_dtype=adam_jax.BlockQuantized(signed=True, block_size=100),
         nu_dtype=adam_jax.BlockQuantized(signed=False, block_size=100),
     ),
-    'nadamw-mask-schedule': lambda: fused.nadamw(
-        optax.cosine_decay_schedule(3e-2, 40),
-        b1=0.8,
-        eps_root=1e-9,
-        weight_decay=0.1,
-        mask={'kernel': True, 'vector': False, 'bias': True},
-        **EIGHT_BIT,
-    ),
 }
 
 
@@ -184,7 +176,7 @@ def test_update_runs_the_8bit_kernel_and_is_bitwise_the_chains_update(case):
     opt = CASES[case]()
     params = tree()
     state = opt.init(params)
-    assert calls(opt.update, params, state, params) == {'f32': 0, '8bit': 2 if 'mask' in case else 1}  # decayed, not
+    assert calls(opt.update, params, state, params) == {'f32': 0, '8bit': 2 if case == 'adamw-mask' else 1}
     kernel, chain = jax.jit(opt.update), jax.jit(chain_update(opt))
     for t in range(30):
         grads = grads_at(params, t)
@@ -354,7 +346,7 @@ def test_the_kernels_decade_formula_matches_the_float32_thresholds():
             assert sum(top / 2 <= float(x) < top for x in lower[1:]) <= 1
 
 
-# NAdamW: the look-ahead in both kernels.
+# NAdamW: float32 leaves on the float32 kernel's look-ahead; 8-bit leaves on the chain (see the last test).
 STORAGES = pytest.mark.parametrize(
     'storage',
     [{}, EIGHT_BIT, dict(nesterov=True), dict(nesterov=True, **EIGHT_BIT)],
@@ -363,7 +355,7 @@ STORAGES = pytest.mark.parametrize(
 
 
 def kernel_of(storage) -> str:
-    return '8bit' if storage.get('mu_dtype') else 'f32'
+    return '8bit' if storage.get('mu_dtype') and not storage.get('nesterov') else 'f32'
 
 
 @needs_kernel
@@ -406,10 +398,13 @@ def test_derivatives_through_the_step_are_the_chains(storage):
 
     got = unrolled(lambda lr: fused.adamw(lr, weight_decay=0.1, **storage))
     want = unrolled(lambda lr: _ChainStep(fused.adamw(lr, weight_decay=0.1, **storage).chain))
-    assert leaves_equal(got[:1] + got[1][:1], want[:1] + want[1][:1])  # the value and every parameter's derivative
-    # The learning rate's derivative sums a term of every element, in an order XLA picks for the program around the
-    # rule: with NAdam's look-ahead the two programs' sums were 1 ulp apart (1.15e-7 relative, float32 and 8-bit).
-    np.testing.assert_allclose(np.asarray(got[1][1]), np.asarray(want[1][1]), rtol=2.5e-7, atol=0)
+    if not storage.get('nesterov'):
+        assert leaves_equal(got, want)
+    else:  # the value and every parameter's derivative bitwise; the learning rate's within 2 ulp:
+        # it sums a term of every element, in an order XLA picks for the program around the rule, and with NAdam's
+        # look-ahead the two programs' sums were 1 ulp apart (1.15e-7 relative, float32 and 8-bit storage).
+        assert leaves_equal(got[:1] + got[1][:1], want[:1] + want[1][:1])
+        np.testing.assert_allclose(np.asarray(got[1][1]), np.asarray(want[1][1]), rtol=2.5e-7, atol=0)
     assert float(got[1][1]) != 0 and float(jnp.max(jnp.abs(got[1][0]['kernel']))) > 0
 
 
@@ -518,27 +513,46 @@ def test_small_8bit_leaves_take_the_chain_and_every_size_is_bitwise_the_chain():
 
 
 @needs_kernel
-@pytest.mark.parametrize('block_size', [64, 256])
-def test_nadam_8bit_is_bitwise_the_chain_and_a_leaf_of_one_block_takes_the_chain(block_size):
-    # The 8-bit chain fuses c_g g_t into NAdam's look-ahead (the float32 chain: c_m m_t), except for a leaf of exactly
-    # one block, where XLA fused c_m m_t (1 ulp from the kernel in 1-10 elements per 8 steps): such leaves take the
-    # chain, inside the same step. The sizes around one and two blocks cover padded and unpadded blocks.
-    spec = dict(
-        mu_dtype=adam_jax.BlockQuantized(True, block_size, 0), nu_dtype=adam_jax.BlockQuantized(False, block_size, 0)
-    )
-    opt = fused.nadamw(3e-2, b1=0.85, weight_decay=0.1, mask=lambda p: {k: k.endswith('1') for k in p}, **spec)
-    rng = np.random.default_rng(block_size)
-    sizes = sorted({64, 65, block_size - 1, block_size, block_size + 1, 2 * block_size, 3 * block_size - 1, 1001})
-    params = {f'{n:05d}': jnp.asarray(rng.normal(size=n), jnp.float32) for n in sizes}
+def test_nadam_8bit_leaves_take_the_chain():
+    # In the 8-bit chain XLA fuses c_g g_t into NAdam's look-ahead for 1-D leaves but c_m m_t for some 2-D shapes
+    # ((256, 256), (4096, 3), a single block; a review found 1-3 ulp in up to 14% of the updates of a kernel that
+    # fused c_g g_t): no one order matches, so 8-bit NAdam leaves take the chain; float32 leaves keep the kernel.
+    opt = fused.nadamw(3e-2, b1=0.85, weight_decay=0.1, **EIGHT_BIT)
+    rng = np.random.default_rng(4)
+    params = {
+        'square': jnp.asarray(rng.normal(size=(256, 256)), jnp.float32),
+        'tall': jnp.asarray(rng.normal(size=(4096, 3)), jnp.float32),
+        'flat': jnp.asarray(rng.normal(size=(5003,)), jnp.float32),
+        'small': jnp.asarray(rng.normal(size=(130,)), jnp.float32),  # below min_size: float32 moments
+    }
     state = opt.init(params)
-    text = jax.jit(opt.step).lower(params, params, state).as_text()
-    calls_8bit = [line for line in text.splitlines() if f'custom_call @{_library.TARGET_8BIT}(' in line]
-    assert calls_8bit and not any(f'tensor<{block_size}xf32>' in line for line in calls_8bit)
-    assert any(f'tensor<{2 * block_size}xf32>' in line for line in calls_8bit)
+    assert calls(opt.step, params, params, state) == {'f32': 1, '8bit': 0}
+    assert calls(opt.update, params, state, params) == {'f32': 0, '8bit': 0}
     step, chain = jax.jit(opt.step), jax.jit(chain_step(opt))
-    update, reference_update = jax.jit(opt.update), jax.jit(chain_update(opt))
-    for t in range(8):
+    for t in range(4):
         grads = {k: jnp.asarray(rng.normal(size=p.shape), jnp.float32) for k, p in params.items()}
         assert leaves_equal(step(params, grads, state), chain(params, grads, state)), f'step {t}'
-        assert leaves_equal(update(grads, state, params), reference_update(grads, state, params)), f'update {t}'
         params, state = chain(params, grads, state)
+    assert isinstance(state[0][0].mu['square'], adam_jax.QuantizedArray)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: fused.nadam(1e-2, b1=0.5),
+        lambda: fused.adam(1e-2, b2=0.5),
+        lambda: fused.adamw(1e-2, b1=0.5, weight_decay=0.1, **EIGHT_BIT),
+    ],
+    ids=['nadam-b1', 'adam-b2', 'adamw-8bit-b1'],
+)
+def test_a_decay_rate_of_one_half_runs_the_chain(make):
+    # With b = 0.5 given as a number, 1 - b is b and XLA factors (1 - b) x + b y into 0.5 (x + y), which the kernels
+    # do not mirror (a review saw 1 ulp in 53-128 elements over 4 steps): such a step is the chain.
+    opt = make()
+    params = tree()
+    state = opt.init(params)
+    assert calls(opt.step, params, params, state) == {'f32': 0, '8bit': 0}
+    grads = grads_at(params, 0)
+    assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    assert calls(fused.adam(1e-2, b1=0.5000001).step, params, params, fused.adam(1e-2).init(params))['f32'] == 1

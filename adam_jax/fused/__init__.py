@@ -1,4 +1,4 @@
-"""Fused Adam / AdamW: one in-place pass over memory per step on CPU (a C++ kernel through the XLA FFI).
+"""Fused Adam, AdamW, NAdam and NAdamW: one in-place pass over memory per step on CPU (a C++ kernel via XLA FFI).
 
 ``adam_jax.fused.adam``, ``adamw``, ``nadam`` and ``nadamw`` are the composed optimizers with a ``step``
 that applies the update; :func:`status` says whether the kernel is in use.

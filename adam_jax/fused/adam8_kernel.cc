@@ -9,8 +9,6 @@
 //   m = fma(1 - b1, g, b1 m_old)   v = fma(1 - b2, g g, b2 v_old)   (float32)
 //   p = fma(-lr, [fma(wd, p,] (m r1) / (sqrt(fma(v, r2, eps_root)) + eps) [)], p)   (the moments before
 //                                                                     requantizing, as the chain uses them)
-//   (NAdam, nesterov = 1: fma(c_g, g, c_m m) in place of m r1, the product the 8-bit chain fuses; see
-//   LookAhead in kernel_common.h)
 //   N_m = max |m|, N_v = max |v| over the finite elements of the block (NaN and inf take no part)
 //   code_m = sign(m) round(fma(a, C1[e], C0[e])), a = min(|m| / N_m, 1), e = #{j >= 1 : a < 10^-j}
 //   code_v = round(fma(a, C1[e], C0[e])), a = clip(v / N_v, 0, 1)                 (requantize)
@@ -23,7 +21,7 @@
 //
 // Operands: scalars f32[kNumScalars], maps f32[kMapFloats], then params[n] f32, grads[n] f32, mu codes[n] s8,
 // mu absmax[n] f32, nu codes[n] u8, nu absmax[n] f32; results: params, mu codes, mu absmax, nu codes,
-// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), nesterov (0/1), block_size, updates (0/1). With
+// nu absmax, aliased to the inputs by the caller. Attributes: decay (0/1), block_size, updates (0/1). With
 // updates = 1 the first result of each leaf is not the new params but the chain's update -lr d, which is what
 // GradientTransformation.update returns; the params are only read (for the decay), and the caller may alias the
 // result to the grads (each element's gradient is read before its update is written). Under
@@ -108,7 +106,7 @@ inline float ReadParam(const float* p, int64_t i) {
 }
 
 // Elements [from, n) of pass 1 in scalar code: the update, moments to scratch, running absmax.
-template <bool kFma, bool kDecay, bool kUpdates, bool kNesterov>
+template <bool kFma, bool kDecay, bool kUpdates>
 inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps& q, float* mt, float* vt,
                         float& amax_m, float& amax_v) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2, old_m = *b.ma, old_v = *b.va;
@@ -121,9 +119,8 @@ inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps
     amax_m = am > amax_m ? am : amax_m;  // a NaN element leaves the maximum as it is
     amax_v = av > amax_v ? av : amax_v;
     const float p = ReadParam<kDecay, kUpdates>(b.p, i);
-    constexpr LookAhead kLook = kNesterov ? LookAhead::kFuseGrad : LookAhead::kNone;  // as the 8-bit chain
-    b.out[i] = kUpdates ? Update<kFma, kDecay, kLook>(h, r1, r2, p, b.g[i], m, v)
-                        : NewParam<kFma, kDecay, kLook>(h, r1, r2, p, b.g[i], m, v);
+    b.out[i] = kUpdates ? Update<kFma, kDecay>(h, r1, r2, p, b.g[i], m, v)
+                        : NewParam<kFma, kDecay>(h, r1, r2, p, b.g[i], m, v);
   }
 }
 
@@ -171,12 +168,12 @@ inline Block SubBlock(const Block& span, int64_t a, int64_t k, int64_t block_siz
                span.vc + a, span.va + k,  std::min(block_size, span.n - a)};
 }
 
-template <bool kFma, bool kDecay, bool kUpdates, bool kNesterov>
+template <bool kFma, bool kDecay, bool kUpdates>
 void SpanPortable(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt, float* vt) {
   for (int64_t k = 0; k * block_size < span.n; ++k) {
     const Block b = SubBlock(span, k * block_size, k, block_size);
     float amax_m = 0.0f, amax_v = 0.0f, sm, sv;
-    Pass1Scalar<kFma, kDecay, kUpdates, kNesterov>(b, 0, h, q, mt, vt, amax_m, amax_v);
+    Pass1Scalar<kFma, kDecay, kUpdates>(b, 0, h, q, mt, vt, amax_m, amax_v);
     Finish(b, mt, vt, amax_m, amax_v, sm, sv);
     Pass2Scalar<kFma>(b, 0, q, mt, vt, sm, sv);
   }
@@ -269,13 +266,12 @@ ADAM_JAX_AVX2 inline void StorePacked32(void* out, __m256i packed) {
 
 // Consecutive blocks of block_size elements (the last may be partial): span.n elements from span.p, ...,
 // one absmax each from span.ma, span.va.
-template <bool kDecay, bool kUpdates, bool kNesterov>
+template <bool kDecay, bool kUpdates>
 ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt,
                             float* vt) {
   const __m256 one_minus_b1 = _mm256_set1_ps(h.one_minus_b1), b1 = _mm256_set1_ps(h.b1);
   const __m256 one_minus_b2 = _mm256_set1_ps(h.one_minus_b2), b2 = _mm256_set1_ps(h.b2);
   const __m256 r1 = _mm256_set1_ps(1.0f / h.c1), r2 = _mm256_set1_ps(1.0f / h.c2);
-  const __m256 c_m = _mm256_set1_ps(h.nesterov_m), c_g = _mm256_set1_ps(h.nesterov_g);
   const __m256 eps_root = _mm256_set1_ps(h.eps_root), eps = _mm256_set1_ps(h.eps);
   const __m256 wd = _mm256_set1_ps(h.wd), neg_lr = _mm256_set1_ps(h.neg_lr);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -305,8 +301,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
       amax_m8 = _mm256_max_ps(_mm256_and_ps(m, abs_mask), amax_m8);  // NaN in the first operand: keeps amax_m8
       amax_v8 = _mm256_max_ps(_mm256_and_ps(v, abs_mask), amax_v8);
       const __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_fmadd_ps(v, r2, eps_root)), eps);
-      const __m256 m_hat = kNesterov ? _mm256_fmadd_ps(c_g, g, _mm256_mul_ps(c_m, m)) : _mm256_mul_ps(m, r1);
-      __m256 d = _mm256_div_ps(m_hat, denom);
+      __m256 d = _mm256_div_ps(_mm256_mul_ps(m, r1), denom);
       if constexpr (kUpdates && !kDecay) {
         _mm256_storeu_ps(b.out + i, _mm256_mul_ps(neg_lr, d));
       } else {
@@ -316,7 +311,7 @@ ADAM_JAX_AVX2 void SpanAvx2(const Block& span, int64_t block_size, const Hyper& 
       }
     }
     float amax_m = MaxLanes(amax_m8), amax_v = MaxLanes(amax_v8), sm, sv;
-    Pass1Scalar<true, kDecay, kUpdates, kNesterov>(b, n8, h, q, mt, vt, amax_m, amax_v);
+    Pass1Scalar<true, kDecay, kUpdates>(b, n8, h, q, mt, vt, amax_m, amax_v);
     Finish(b, mt, vt, amax_m, amax_v, sm, sv);
 
     const __m256 scale_m = _mm256_set1_ps(sm), scale_v = _mm256_set1_ps(sv);
@@ -396,13 +391,12 @@ ADAM_JAX_AVX512 inline void Encode16(const Encoder16& c, const float* mt, const 
                    _mm512_cvtepi32_epi8(EncodeMagnitude16(y, kDecadesUnsigned - 1, c.v_next_lower, c.v_c1, c.v_c0)));
 }
 
-template <bool kDecay, bool kUpdates, bool kNesterov>
+template <bool kDecay, bool kUpdates>
 ADAM_JAX_AVX512 void SpanAvx512(const Block& span, int64_t block_size, const Hyper& h, const Maps& q, float* mt,
                                 float* vt) {
   const __m512 one_minus_b1 = _mm512_set1_ps(h.one_minus_b1), b1 = _mm512_set1_ps(h.b1);
   const __m512 one_minus_b2 = _mm512_set1_ps(h.one_minus_b2), b2 = _mm512_set1_ps(h.b2);
   const __m512 r1 = _mm512_set1_ps(1.0f / h.c1), r2 = _mm512_set1_ps(1.0f / h.c2);
-  const __m512 c_m = _mm512_set1_ps(h.nesterov_m), c_g = _mm512_set1_ps(h.nesterov_g);
   const __m512 eps_root = _mm512_set1_ps(h.eps_root), eps = _mm512_set1_ps(h.eps);
   const __m512 wd = _mm512_set1_ps(h.wd), neg_lr = _mm512_set1_ps(h.neg_lr);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
@@ -429,8 +423,7 @@ ADAM_JAX_AVX512 void SpanAvx512(const Block& span, int64_t block_size, const Hyp
       amax_m16 = _mm512_max_ps(And16(m, abs_mask), amax_m16);  // NaN in the first operand: keeps amax_m16
       amax_v16 = _mm512_max_ps(And16(v, abs_mask), amax_v16);
       const __m512 denom = _mm512_add_ps(_mm512_sqrt_ps(_mm512_fmadd_ps(v, r2, eps_root)), eps);
-      const __m512 m_hat = kNesterov ? _mm512_fmadd_ps(c_g, g, _mm512_mul_ps(c_m, m)) : _mm512_mul_ps(m, r1);
-      __m512 d = _mm512_div_ps(m_hat, denom);
+      __m512 d = _mm512_div_ps(_mm512_mul_ps(m, r1), denom);
       if constexpr (kUpdates && !kDecay) {
         _mm512_storeu_ps(b.out + i, _mm512_mul_ps(neg_lr, d));
       } else {
@@ -440,7 +433,7 @@ ADAM_JAX_AVX512 void SpanAvx512(const Block& span, int64_t block_size, const Hyp
       }
     }
     float amax_m = _mm512_reduce_max_ps(amax_m16), amax_v = _mm512_reduce_max_ps(amax_v16), sm, sv;  // no NaN
-    Pass1Scalar<true, kDecay, kUpdates, kNesterov>(b, n16, h, q, mt, vt, amax_m, amax_v);
+    Pass1Scalar<true, kDecay, kUpdates>(b, n16, h, q, mt, vt, amax_m, amax_v);
     Finish(b, mt, vt, amax_m, amax_v, sm, sv);
     const __m512 scale_m = _mm512_set1_ps(sm), scale_v = _mm512_set1_ps(sv);
     for (int64_t i = 0; i < n16; i += 16) Encode16(enc, mt, vt, i, scale_m, scale_v, b.mc, b.vc);
@@ -463,17 +456,16 @@ bool HasAvx512() {
 
 using SpanFn = void (*)(const Block&, int64_t, const Hyper&, const Maps&, float*, float*);
 
-template <bool kN>
-SpanFn ChooseSpanFnFor(bool decay, bool updates) {
+SpanFn ChooseSpanFn(bool decay, bool updates) {
 #if defined(ADAM_JAX_HAVE_AVX2_PATH)
   static const bool avx512 = HasAvx512(), avx2 = HasAvx2Fma();
   if (avx512) {
-    if (updates) return decay ? SpanAvx512<true, true, kN> : SpanAvx512<false, true, kN>;
-    return decay ? SpanAvx512<true, false, kN> : SpanAvx512<false, false, kN>;
+    if (updates) return decay ? SpanAvx512<true, true> : SpanAvx512<false, true>;
+    return decay ? SpanAvx512<true, false> : SpanAvx512<false, false>;
   }
   if (avx2) {
-    if (updates) return decay ? SpanAvx2<true, true, kN> : SpanAvx2<false, true, kN>;
-    return decay ? SpanAvx2<true, false, kN> : SpanAvx2<false, false, kN>;
+    if (updates) return decay ? SpanAvx2<true, true> : SpanAvx2<false, true>;
+    return decay ? SpanAvx2<true, false> : SpanAvx2<false, false>;
   }
 #endif
 #if defined(__aarch64__) || defined(__FMA__)
@@ -481,13 +473,8 @@ SpanFn ChooseSpanFnFor(bool decay, bool updates) {
 #else
   constexpr bool kFma = false;
 #endif
-  if (updates) return decay ? SpanPortable<kFma, true, true, kN> : SpanPortable<kFma, false, true, kN>;
-  return decay ? SpanPortable<kFma, true, false, kN> : SpanPortable<kFma, false, false, kN>;
-}
-
-// nesterov: NAdam's look-ahead first moment in place of m_t / (1 - b1^t) (see kernel_common.h).
-SpanFn ChooseSpanFn(bool decay, bool updates, bool nesterov) {
-  return nesterov ? ChooseSpanFnFor<true>(decay, updates) : ChooseSpanFnFor<false>(decay, updates);
+  if (updates) return decay ? SpanPortable<kFma, true, true> : SpanPortable<kFma, false, true>;
+  return decay ? SpanPortable<kFma, true, false> : SpanPortable<kFma, false, false>;
 }
 
 struct Leaf8 {
@@ -533,8 +520,8 @@ void RunItem(const Leaf8& leaf, int64_t first, int64_t count, int64_t block_size
 }
 
 ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Buffer<ffi::F32> maps,
-                     ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t nesterov,
-                     int32_t block_size, int32_t updates) {
+                     ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size,
+                     int32_t updates) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 12 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
@@ -592,7 +579,7 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
       }
     }
   }
-  const SpanFn fn = ChooseSpanFn(decay != 0, updates != 0, nesterov != 0);
+  const SpanFn fn = ChooseSpanFn(decay != 0, updates != 0);
   ParallelFor(pool, static_cast<int64_t>(items.size()), [&](int64_t k, std::vector<float>& scratch) {
     const Item& item = items[k];
     RunItem(leaves[item.leaf], item.first_block, item.num_blocks, block_size, updates != 0, q, fn, scratch);
@@ -621,6 +608,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam8, Adam8Impl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
-                                  .Attr<int32_t>("nesterov")
                                   .Attr<int32_t>("block_size")
                                   .Attr<int32_t>("updates"));

@@ -16,10 +16,10 @@
 // multiplies and adds. The file is built with -ffp-contract=off (the fmas are written out, no others
 // appear) and without -ffast-math; -fno-math-errno lets sqrtf vectorise (a correctly rounded sqrtps).
 //
-// Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n], grads[n], mu[n],
-// nu[n]; results: params[n], mu[n], nu[n],
-// aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks that the
-// calling thread and XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
+// Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n],
+// grads[n], mu[n], nu[n]; results: params[n], mu[n], nu[n], aliased to the inputs by the caller so the update is
+// in place. The leaves are cut into chunks that the calling thread and XLA's intra-op thread pool take in turn,
+// so 1000 small leaves cost one call.
 
 #include <algorithm>
 #include <cmath>
@@ -42,8 +42,7 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     const float vi = SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    constexpr LookAhead kLook = kNesterov ? LookAhead::kFuseMoment : LookAhead::kNone;
-    p[i] = NewParam<kFma, kDecay, kLook>(h, r1, r2, p[i], g[i], mi, vi);
+    p[i] = NewParam<kFma, kDecay, kNesterov>(h, r1, r2, p[i], g[i], mi, vi);
   }
 }
 

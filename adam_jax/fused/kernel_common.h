@@ -21,8 +21,8 @@ namespace adam_jax_kernel {
 namespace ffi = xla::ffi;
 
 // The scalars operand of every kernel, f32[kNumScalars], formed by adam_jax/fused/optimizer.py.
-// kNesterovM, kNesterovG: NAdam's look-ahead coefficients b1 / (1 - b1^(t+1)) and (1 - b1) / (1 - b1^t) (unused
-// without Nesterov momentum).
+// kNesterovM, kNesterovG: NAdam's look-ahead coefficients b1 / (1 - b1^(t+1)) and (1 - b1) / (1 - b1^t) (used by
+// the float32 kernel with nesterov = 1; the 8-bit kernel has no look-ahead).
 enum Scalar {
   kOneMinusB1,
   kB1,
@@ -83,41 +83,35 @@ inline float SecondMoment(const Hyper& h, float g, float v) {
   return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
 }
 
-// NAdam's look-ahead first moment c_m m_t + c_g g_t (Dozat 2016; adam_jax.nesterov_momentum), with
-// c_m = b1 / (1 - b1^(t+1)) and c_g = (1 - b1) / (1 - b1^t), in place of Adam's m_t r1. XLA contracts one of the
-// two products into a fused multiply-add, and which one depends on the chain: in the float32 chain it fuses
-// c_m m_t, in the 8-bit chain (where m_t comes out of the dequantization) c_g g_t. Each kernel mirrors its chain.
-enum class LookAhead { kNone, kFuseMoment, kFuseGrad };
-
-template <bool kFma, LookAhead kLook>
+// The corrected first moment: m_t r1 (Adam), or with Nesterov momentum NAdam's look-ahead
+// b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t) (Dozat 2016; adam_jax.nesterov_momentum).
+template <bool kFma, bool kNesterov>
 inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
-  if constexpr (kLook == LookAhead::kFuseMoment) {
+  if constexpr (kNesterov) {
     return Fma<kFma>(h.nesterov_m, m, h.nesterov_g * g);
-  } else if constexpr (kLook == LookAhead::kFuseGrad) {
-    return Fma<kFma>(h.nesterov_g, g, h.nesterov_m * m);
   } else {
     return m * r1;
   }
 }
 
 // The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales.
-template <bool kFma, bool kDecay, LookAhead kLook = LookAhead::kNone>
+template <bool kFma, bool kDecay, bool kNesterov = false>
 inline float Direction(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  float d = CorrectedFirstMoment<kFma, kLook>(h, r1, g, m) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+  float d = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g, m) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
   return d;
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
-template <bool kFma, bool kDecay, LookAhead kLook = LookAhead::kNone>
+template <bool kFma, bool kDecay, bool kNesterov = false>
 inline float NewParam(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kLook>(h, r1, r2, p, g, m, v), p);
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kNesterov>(h, r1, r2, p, g, m, v), p);
 }
 
 // The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).
-template <bool kFma, bool kDecay, LookAhead kLook = LookAhead::kNone>
+template <bool kFma, bool kDecay>
 inline float Update(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  return h.neg_lr * Direction<kFma, kDecay, kLook>(h, r1, r2, p, g, m, v);
+  return h.neg_lr * Direction<kFma, kDecay>(h, r1, r2, p, g, m, v);
 }
 
 // Results not aliased to their operands start as a copy of them, then are updated in place.

@@ -24,8 +24,9 @@ Derivatives through ``step`` and ``update`` (``jax.grad``, for the params, the g
 by ``optax.inject_hyperparams``) are the chain's: each kernel call is a ``custom_jvp`` whose rule is the chain's.
 
 Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
-arrays, ``eps=0``, a float64 hyperparameter under ``jax_enable_x64``, no kernel) ``step`` is ``update``
-followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is the chain's.
+arrays, ``eps=0``, ``b1`` or ``b2`` given as exactly 0.5, a float64 hyperparameter under ``jax_enable_x64``, no
+kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is
+the chain's; with NAdam's look-ahead (``nesterov=True``) 8-bit leaves take the chain inside the kernels' step.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -105,9 +106,8 @@ def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False):
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
-def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False, nesterov: bool = False):
-    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size); ``nesterov`` as
-    for :func:`_kernel_call`.
+def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
+    """One FFI call over lists of leaves with 8-bit moments (int8 mu, uint8 nu, one block size).
 
     Returns new params, mu and nu; with ``updates`` the chain's updates in place of the params (which are then
     only read, and only for the decay).
@@ -129,7 +129,6 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False, neste
         maps,
         *operands,
         decay=np.int32(decay),
-        nesterov=np.int32(nesterov),
         block_size=np.int32(block_size),
         updates=np.int32(updates),
     )
@@ -156,15 +155,6 @@ def _leaf_kind(p, g, m, v) -> tuple | None:
     # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
     # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
     if p.size == 1 or (kind[0] == '8bit' and p.size < MIN_8BIT_KERNEL_SIZE):
-        return ('chain',)
-    return kind
-
-
-def _nesterov_kind(kind: tuple | None, p) -> tuple | None:
-    """With NAdam's look-ahead, an 8-bit leaf of exactly one block takes the chain: XLA compiles the look-ahead of
-    such a leaf (its absmax a single number, nothing padded) with the other product fused, 1 ulp from the kernel in
-    some elements (found by a sweep of leaf sizes and block sizes; every other size matched)."""
-    if kind is not None and kind[0] == '8bit' and p.size == kind[1]:
         return ('chain',)
     return kind
 
@@ -238,6 +228,12 @@ def _cpu_only() -> bool:
     return True
 
 
+def _is_known_half(value: Any) -> bool:
+    """Whether a decay rate is a concrete 0.5 in float32, where 1 - b equals b."""
+    concrete = None if callable(value) else _checks.concrete(value)
+    return concrete is not None and concrete.ndim == 0 and np.float32(concrete) == np.float32(0.5)
+
+
 def _widens_to_float64(value: Any) -> bool:
     """Whether a hyperparameter makes the chain compute in float64: with ``jax_enable_x64`` on, a strongly typed
     float64 value (a NumPy float64, a float64 array that is not weakly typed) promotes the float32 arithmetic
@@ -288,10 +284,11 @@ def _fused(
     tx = make_tx(mask)
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
     name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
-    kernels = {
-        key: functools.partial(call, nesterov=nesterov)
-        for key, call in (('f32', _kernel_call), ('8bit', _kernel8_call))
-    }
+    # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
+    # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
+    # leaf's shape (c_g g_t for 1-D leaves, c_m m_t for a single block or for (16, 256) but not (16, 512): found by
+    # the review of this change). The float32 kernel has the look-ahead; 8-bit NAdam leaves take the chain.
+    kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov), '8bit': _kernel8_call}
 
     def chain_with(h):
         """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
@@ -401,7 +398,7 @@ def _fused(
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
             kinds = [_leaf_kind(*x) for x in zip(*leaves)]
             if nesterov:
-                kinds = [_nesterov_kind(kind, p) for kind, p in zip(kinds, leaves[0])]
+                kinds = [('chain',) if kind and kind[0] == '8bit' else kind for kind in kinds]
         if not (
             _library.available()
             and flags is not None
@@ -411,6 +408,9 @@ def _fused(
             # with a known eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror (a
             # traced eps is unknown to XLA too, so it keeps the division)
             and not _checks.is_known_zero(eps)
+            # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
+            # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
+            and not any(map(_is_known_half, (b1, b2)))
             and not any(map(_widens_to_float64, (learning_rate, b1, b2, eps, eps_root, weight_decay)))
             and not _captures_tracers(learning_rate)
         ):
@@ -534,8 +534,9 @@ def nadam(
        \theta_t = \theta_{t-1} - \alpha_t \, \hat m_t / (\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon)
 
     The same single pass as :func:`adam` (28 B/param): the look-ahead needs only :math:`m_t` and :math:`g_t`,
-    which the pass holds. Float32 moments run the float32 kernel and 8-bit moments the 8-bit one (16 B/param),
-    in ``step`` and, for the 8-bit leaves, in ``update``, as for :func:`adam`. ``nesterov`` is there for the
+    which the pass holds. Float32 moments run the kernel; 8-bit moments run the chain, inside the same jitted step
+    (in the 8-bit chain XLA fuses one or the other product of the look-ahead, depending on the leaf's shape, so the
+    8-bit kernel has no look-ahead to match it with). ``nesterov`` is there for the
     signature of :func:`adam_jax.nadam` and ``optax.nadam``: ``nesterov=False`` gives :func:`adam`.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov)
