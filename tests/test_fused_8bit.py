@@ -556,3 +556,35 @@ def test_a_decay_rate_of_one_half_runs_the_chain(make):
     grads = grads_at(params, 0)
     assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
     assert calls(fused.adam(1e-2, b1=0.5000001).step, params, params, fused.adam(1e-2).init(params))['f32'] == 1
+
+
+@needs_kernel
+@pytest.mark.parametrize('decay', [None, 0.1], ids=['adam', 'adamw'])
+def test_8bit_leaves_of_some_2d_shapes_are_within_rounding_of_the_chain(decay):
+    # Known exception to "bitwise" (found by a sweep at the end of the seventh session, not mended): for leaves of
+    # shape (k, 3), (k, 10), (k, 12), (k, 14), (64, 64, 3), XLA compiles the 8-bit chain's elementwise loop fusing the
+    # other product of a sum in some elements, and the kernel's update is off the chain's there by up to 2.8e-9
+    # (2e-7 of the largest update, lr 1e-2). 1-D leaves and the other widths of the sweep (1-40) match bitwise (the
+    # tests above). What holds for these shapes:
+    opt = fused.adam(1e-2, **EIGHT_BIT) if decay is None else fused.adamw(1e-2, weight_decay=decay, **EIGHT_BIT)
+    rng = np.random.default_rng(0)
+    params = {'a': jnp.asarray(rng.normal(size=(2048, 3)), jnp.float32), 'b': jnp.asarray(rng.normal(size=(700, 12)))}
+    state = opt.init(params)
+    assert calls(opt.step, params, params, state)['8bit'] == 1
+    step, chain = jax.jit(opt.step), jax.jit(chain_step(opt))
+    update, chain_update_ = jax.jit(opt.update), jax.jit(chain_update(opt))
+    differing = 0
+    for _ in range(6):
+        grads = {k: jnp.asarray(rng.normal(size=p.shape), jnp.float32) for k, p in params.items()}
+        (got, got_state), (want, want_state) = step(params, grads, state), chain(params, grads, state)
+        got_u, want_u = update(grads, state, params)[0], chain_update_(grads, state, params)[0]
+        for k in params:
+            np.testing.assert_allclose(np.asarray(got_u[k]), np.asarray(want_u[k]), rtol=0, atol=4e-9)
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=0, atol=2.5e-7)
+            differing += int(np.sum(np.asarray(got[k]) != np.asarray(want[k])))
+        codes = [
+            (np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state))
+        ]
+        assert sum(int(np.sum(x != y)) for x, y in codes) <= 0.001 * sum(x.size for x, _ in codes)
+        params, state = want, want_state
+    assert differing < 0.02 * 6 * (2048 * 3 + 700 * 12)
