@@ -119,8 +119,7 @@ inline void Pass1Scalar(const Block& b, int64_t from, const Hyper& h, const Maps
     amax_m = am > amax_m ? am : amax_m;  // a NaN element leaves the maximum as it is
     amax_v = av > amax_v ? av : amax_v;
     const float p = ReadParam<kDecay, kUpdates>(b.p, i);
-    b.out[i] = kUpdates ? Update<kFma, kDecay>(h, r1, r2, p, b.g[i], m, v)
-                        : NewParam<kFma, kDecay>(h, r1, r2, p, b.g[i], m, v);
+    b.out[i] = kUpdates ? Update<kFma, kDecay>(h, r2, p, m * r1, v) : NewParam<kFma, kDecay>(h, r2, p, m * r1, v);
   }
 }
 

@@ -42,7 +42,7 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     const float vi = SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    p[i] = NewParam<kFma, kDecay, kNesterov>(h, r1, r2, p[i], g[i], mi, vi);
+    p[i] = NewParam<kFma, kDecay>(h, r2, p[i], CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi), vi);
   }
 }
 

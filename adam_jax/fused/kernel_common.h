@@ -94,24 +94,25 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   }
 }
 
-// The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales.
-template <bool kFma, bool kDecay, bool kNesterov = false>
-inline float Direction(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  float d = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g, m) / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+// The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales, from the corrected
+// first moment m_hat and the raw second moment v (r2 = 1 / (1 - b2^t)).
+template <bool kFma, bool kDecay>
+inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) {
+  float d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
   return d;
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
-template <bool kFma, bool kDecay, bool kNesterov = false>
-inline float NewParam(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kNesterov>(h, r1, r2, p, g, m, v), p);
+template <bool kFma, bool kDecay>
+inline float NewParam(const Hyper& h, float r2, float p, float m_hat, float v) {
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay>(h, r2, p, m_hat, v), p);
 }
 
 // The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).
 template <bool kFma, bool kDecay>
-inline float Update(const Hyper& h, float r1, float r2, float p, float g, float m, float v) {
-  return h.neg_lr * Direction<kFma, kDecay>(h, r1, r2, p, g, m, v);
+inline float Update(const Hyper& h, float r2, float p, float m_hat, float v) {
+  return h.neg_lr * Direction<kFma, kDecay>(h, r2, p, m_hat, v);
 }
 
 // Results not aliased to their operands start as a copy of them, then are updated in place.

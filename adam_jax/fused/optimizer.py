@@ -149,12 +149,18 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
 MIN_8BIT_KERNEL_SIZE = 64
 
 
-def _leaf_kind(p, g, m, v) -> tuple | None:
+def _leaf_kind(p, g, m, v, nesterov: bool) -> tuple | None:
     """Which kernel updates this leaf: ('f32',), ('8bit', block_size), ('chain',) (the chain, inside a kernel step), or
     None (only a step of the chain alone can)."""
     kind = _kernel_kind(p, g, m, v)
     if kind is None:
         return None
+    # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
+    # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
+    # leaf's shape (c_g g_t for 1-D leaves, c_m m_t for a single block or for (16, 256) but not (16, 512): found by
+    # a review). The float32 kernel has the look-ahead; 8-bit NAdam leaves take the chain.
+    if nesterov and kind[0] == '8bit':
+        return ('chain',)
     # XLA divides a one-element leaf by 1 - b^t where it multiplies larger ones by the reciprocal (it rewrites
     # x / broadcast(c) only): the chain's own step updates such a leaf, in the same jitted step.
     if p.size == 1 or (kind[0] == '8bit' and p.size < MIN_8BIT_KERNEL_SIZE):
@@ -233,8 +239,8 @@ def _cpu_only() -> bool:
 
 def _is_known_half(value: Any) -> bool:
     """Whether a decay rate is a concrete 0.5 in float32, where 1 - b equals b."""
-    concrete = None if callable(value) else _checks.concrete(value)
-    return concrete is not None and concrete.ndim == 0 and np.float32(concrete) == np.float32(0.5)
+    array = _checks.concrete(value)
+    return array is not None and array.ndim == 0 and np.float32(array) == np.float32(0.5)
 
 
 def _widens_to_float64(value: Any) -> bool:
@@ -271,7 +277,7 @@ def _fused(
     learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov
 ) -> FusedTransformation:
     _checks.check_bool('nesterov', nesterov)
-    storage = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
+    options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)  # as the chain's factories take them
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
@@ -281,16 +287,12 @@ def _fused(
     def make_tx(mask, h=hyper):
         args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'])
         if weight_decay is None:
-            return aliases.adam(*args, **storage)
-        return aliases.adamw(*args, weight_decay=h['weight_decay'], mask=mask, **storage)
+            return aliases.adam(*args, **options)
+        return aliases.adamw(*args, weight_decay=h['weight_decay'], mask=mask, **options)
 
     tx = make_tx(mask)
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
     name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
-    # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
-    # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
-    # leaf's shape (c_g g_t for 1-D leaves, c_m m_t for a single block or for (16, 256) but not (16, 512): found by
-    # the review of this change). The float32 kernel has the look-ahead; 8-bit NAdam leaves take the chain.
     kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov), '8bit': _kernel8_call}
 
     def chain_with(h):
@@ -399,9 +401,7 @@ def _fused(
         structure = jax.tree.structure(params)
         if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
-            kinds = [_leaf_kind(*x) for x in zip(*leaves)]
-            if nesterov:
-                kinds = [('chain',) if kind and kind[0] == '8bit' else kind for kind in kinds]
+            kinds = [_leaf_kind(*x, nesterov) for x in zip(*leaves)]
         if not (
             _library.available()
             and flags is not None
