@@ -42,9 +42,12 @@ A float32 leaf of one element is the exception
 XLA makes: it divides such a leaf by :math:`1 - \beta^t` instead of multiplying by the reciprocal, so
 ``step`` updates one-element leaves with the chain itself, inside the same jitted step, and 8-bit leaves of fewer
 than ``MIN_8BIT_KERNEL_SIZE`` (64) elements too (see there: XLA's code for a 9-element leaf fused other products).
-Not mended: for 8-bit leaves of some 2-D shapes ((k, 3), (k, 10), (k, 12), (k, 14), (64, 64, 3) in a sweep of widths
-1-40) XLA's loop fuses the other product in some elements and the kernel's update is a few ulp of its scale off the
-chain's (the test ``test_8bit_leaves_of_some_2d_shapes_are_within_rounding_of_the_chain`` pins the bound).
+For 8-bit leaves of more than one dimension the kernel is bitwise the chain run on the leaf flattened to one
+dimension: XLA's loop over some shapes ((k, 3), (k, 10), (k, 12), (k, 14), (64, 64, 3) in a sweep of widths 1-40)
+rounds some elements otherwise than its loop over the same numbers in one dimension, and there the kernel's update
+is a few ulp of its scale off the leaf-shaped chain's (the tests
+``test_8bit_kernel_is_bitwise_the_chain_on_the_flattened_leaf`` and
+``test_8bit_leaves_of_some_2d_shapes_are_within_rounding_of_the_chain_on_their_shape``).
 """
 
 from __future__ import annotations
