@@ -1,6 +1,6 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
-Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam]``.
+Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam] [--adamax]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
@@ -13,7 +13,8 @@ implementation) cannot give. torch keeps its default OpenMP settings: its thread
 each of its steps, which the pause after every step (``benchmarks.interleave.PAUSE_S``) lets run out.
 
 ``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` to the same rounds
-(NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam).
+(NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam); ``--adamax`` the same three for
+AdaMax (its infinity norm in the same pass).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=50)
     parser.add_argument('--torch', action='store_true', help="also time torch's fused CPU Adam in this process")
     parser.add_argument('--nadam', action='store_true', help='also time NAdam: optax, the chain and the fused step')
+    parser.add_argument('--adamax', action='store_true', help='also time AdaMax: optax, the chain and the fused step')
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -88,6 +90,14 @@ def main() -> None:
                 'optax.nadam': (optax.nadam(1e-3), _update_step),
                 'adam_jax.nadam': (adam_jax.nadam(1e-3), _update_step),
                 'adam_jax.fused.nadam(...).step': (fused.nadam(1e-3), _fused_step),
+            }
+        )
+    if args.adamax:
+        optimizers.update(
+            {
+                'optax.adamax': (optax.adamax(1e-3), _update_step),
+                'adam_jax.adamax': (adam_jax.adamax(1e-3), _update_step),
+                'adam_jax.fused.adamax(...).step': (fused.adamax(1e-3), _fused_step),
             }
         )
     print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')

@@ -41,6 +41,11 @@ CASES = {
             optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps_root=1e-9, weight_decay=0.1, mask=MASK
         ),
     ),
+    'adamax': lambda: (fused.adamax(3e-2), optax.adamax(3e-2)),
+    'adamaxw-mask-schedule': lambda: (
+        fused.adamaxw(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=MASK),
+        optax.adamaxw(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=MASK),
+    ),
 }
 needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
 pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
@@ -173,6 +178,7 @@ def test_same_array_as_params_and_grads():
         fused.adamw(1.0, weight_decay=0.1, mask=lambda p: {'w': True, 'b': False, 's': True}),
         fused.adam(1e-2, mu_dtype='int8', nu_dtype='uint8'),
         fused.nadamw(1e-2, weight_decay=0.1),
+        fused.adamaxw(1e-2, weight_decay=0.1),
     ],
 )
 def test_one_element_leaves_are_bitwise_the_chain(opt):
@@ -391,3 +397,66 @@ def test_nesterov_is_nadam_and_is_checked():
         assert leaves_equal(
             jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(reference))(params, grads, state)
         )
+
+
+def nan_inf_at_the_ends(grads):
+    """The gradients with a NaN first and an inf last in every leaf of more than two elements."""
+    return jax.tree.map(lambda x: x.at[0].set(jnp.nan).at[-1].set(jnp.inf) if x.shape[0] > 2 else x, grads)
+
+
+def leaves_equal_nan(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True) for x, y in pairs)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: fused.adamaxw(
+            1e-2, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=lambda p: {'a': True, 'b': False}
+        ),
+        lambda: fused.adamax(optax.linear_schedule(3e-2, 1e-3, 5), eps=0.0),
+    ],
+    ids=['adamaxw-mask', 'adamax-schedule-eps0'],
+)
+def test_adamax_is_bitwise_the_chain_for_every_leaf_size_and_non_finite_gradients(make):
+    # AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) in place of v_t, in the same one pass: the max propagates a NaN
+    # from either side as XLA's maximum does, and m_hat / u_t is the chain's direction (its eps is a known 0 that XLA
+    # drops). A known eps = 0 keeps the kernel here (there is no root for XLA to turn into rsqrt).
+    rng = np.random.default_rng(6)
+    opt = make()
+    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
+    sizes = [*range(1, 41), 65536 + 7]
+    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
+    state = opt.init(params)
+    assert kernel_calls(opt.step, params, params, state) >= 3
+    for t in range(7):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        if t == 4:
+            grads = nan_inf_at_the_ends(grads)
+        got, want = step(params, grads, state), reference(params, grads, state)
+        assert leaves_equal_nan(got, want), f'step {t}'
+        params, state = want
+    assert np.isnan(np.asarray(params['a'][5][0])).all() and not np.isnan(np.asarray(params['a'][5][1:-1])).any()
+
+
+def test_adamax_8bit_leaves_take_the_chain_and_adam_is_not_adamax():
+    # The 8-bit kernel has Adam's second moment only: 8-bit AdaMax leaves take the chain inside the step, float32
+    # leaves the kernel.
+    rng = np.random.default_rng(7)
+    params = {'big': jnp.asarray(rng.normal(size=(64, 128)), jnp.float32), 'small': jnp.linspace(-1, 1, 300)}
+    grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
+    opt = fused.adamaxw(1e-2, weight_decay=0.1, mu_dtype='int8', nu_dtype='uint8')
+    state = opt.init(params)
+    assert isinstance(state[0][0].nu['big'], adam_jax.QuantizedArray)
+    if _library.available():
+        assert (kernel_calls(opt.step, params, grads, state), kernel8_calls(opt.step, params, grads, state)) == (1, 0)
+    assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    # From the same warm state, AdaMax's step is not Adam's (the kernel takes the infinity norm, not v_t).
+    adamax, adam = fused.adamax(1e-2), fused.adam(1e-2)
+    state = warm_state(adamax, params, 4)
+    got = jax.jit(adamax.step)(params, grads, state)
+    assert leaves_equal(got, jax.jit(chain_step(adam_jax.adamax(1e-2)))(params, grads, state))
+    assert max_abs_diff(got[0], jax.jit(adam.step)(params, grads, state)[0]) > 1e-4

@@ -1,4 +1,5 @@
-// One pass of Adam / AdamW over every fp32 leaf of a parameter tree, called from JAX through the XLA FFI.
+// One pass of Adam / AdamW (and NAdam, AdaMax) over every fp32 leaf of a parameter tree, called from JAX through
+// the XLA FFI.
 //
 // Per element, the composed chain scale_by_moments -> bias_correct -> scale_by_rms -> [decoupled_decay]
 // -> scale_by_learning_rate -> optax.apply_updates (Kingma & Ba 2014, Algorithm 1; Loshchilov & Hutter
@@ -7,6 +8,7 @@
 //   m = fma(1 - b1, g, b1 m)          v = fma(1 - b2, g g, b2 v)
 //   d = (m r1) / (sqrt(fma(v, r2, eps_root)) + eps)       r_i = 1 / (1 - b_i^t); 1 - b_i^t from the caller
 //       (NAdam, nesterov=1: m r1 is fma(c_m, m, c_g g), c_m = b1 / (1 - b1^(t+1)), c_g = (1 - b1) / (1 - b1^t))
+//       (AdaMax, infinity_norm=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -33,22 +35,23 @@ using namespace adam_jax_kernel;
 
 namespace {
 
-template <bool kFma, bool kDecay, bool kNesterov>
+template <bool kFma, bool kDecay, bool kNesterov, Second kSecond>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
                                                 float* __restrict m, float* __restrict v, int64_t n, const Hyper h) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
-    const float vi = SecondMoment<kFma>(h, g[i], v[i]);
+    const float vi = kSecond == Second::kMax ? InfinityNorm(h, g[i], v[i]) : SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
-    p[i] = NewParam<kFma, kDecay>(h, r2, p[i], CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi), vi);
+    const float m_hat = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi);
+    p[i] = NewParam<kFma, kDecay, kSecond>(h, r2, p[i], m_hat, vi);
   }
 }
 
-// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment.
+// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment, AdaMax's infinity norm.
 struct Variant {
-  bool decay, nesterov;
+  bool decay, nesterov, max;
 };
 
 using LoopFn = void (*)(float*, const float*, float*, float*, int64_t, const Hyper, Variant);
@@ -58,16 +61,23 @@ using LoopFn = void (*)(float*, const float*, float*, float*, int64_t, const Hyp
 template <bool kFma>
 __attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, int64_t n,
                                                     const Hyper h, Variant x) {
-  if (x.nesterov) {
+  constexpr Second kSquare = Second::kSquare, kMax = Second::kMax;
+  if (x.max) {  // AdaMax has no look-ahead
     if (x.decay) {
-      Loop<kFma, true, true>(p, g, m, v, n, h);
+      Loop<kFma, true, false, kMax>(p, g, m, v, n, h);
     } else {
-      Loop<kFma, false, true>(p, g, m, v, n, h);
+      Loop<kFma, false, false, kMax>(p, g, m, v, n, h);
+    }
+  } else if (x.nesterov) {
+    if (x.decay) {
+      Loop<kFma, true, true, kSquare>(p, g, m, v, n, h);
+    } else {
+      Loop<kFma, false, true, kSquare>(p, g, m, v, n, h);
     }
   } else if (x.decay) {
-    Loop<kFma, true, false>(p, g, m, v, n, h);
+    Loop<kFma, true, false, kSquare>(p, g, m, v, n, h);
   } else {
-    Loop<kFma, false, false>(p, g, m, v, n, h);
+    Loop<kFma, false, false, kSquare>(p, g, m, v, n, h);
   }
 }
 
@@ -143,7 +153,7 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
 }
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov) {
+                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 12 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
@@ -181,7 +191,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       total += part;
     }
   }
-  const Variant variant{decay != 0, nesterov != 0};
+  const Variant variant{decay != 0, nesterov != 0, infinity_norm != 0};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
     const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
@@ -210,4 +220,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
-                                  .Attr<int32_t>("nesterov"));
+                                  .Attr<int32_t>("nesterov")
+                                  .Attr<int32_t>("infinity_norm"));

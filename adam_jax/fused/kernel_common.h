@@ -94,19 +94,35 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   }
 }
 
-// The direction m_hat / (sqrt(v_hat + eps_root) + eps) [+ wd p] that the learning rate scales, from the corrected
-// first moment m_hat and the raw second moment v (r2 = 1 / (1 - b2^t)).
-template <bool kFma, bool kDecay>
+// The second moment's kind: Adam's EMA of squares v_t, or AdaMax's exponentially weighted infinity norm u_t.
+enum class Second { kSquare, kMax };
+
+// AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) (Kingma & Ba 2014, Algorithm 2; eps inside the max as in optax and
+// PyTorch, from the kEps slot), NaN-propagating as XLA's maximum: a NaN in either operand is the result.
+inline float InfinityNorm(const Hyper& h, float g, float u) {
+  const float a = std::fabs(g) + h.eps, b = h.b2 * u;
+  return (a > b || a != a) ? a : b;
+}
+
+// The direction that the learning rate scales, from the corrected first moment m_hat and the raw second moment v:
+// m_hat / (sqrt(v_hat + eps_root) + eps) (r2 = 1 / (1 - b2^t)), or AdaMax's m_hat / u_t (u_t needs no correction
+// and no root; its chain's eps is 0, and XLA drops the additions of a known 0); then [+ wd p] (AdamW's decay).
+template <bool kFma, bool kDecay, Second kSecond = Second::kSquare>
 inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) {
-  float d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+  float d;
+  if constexpr (kSecond == Second::kMax) {
+    d = m_hat / v;
+  } else {
+    d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+  }
   if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
   return d;
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
-template <bool kFma, bool kDecay>
+template <bool kFma, bool kDecay, Second kSecond = Second::kSquare>
 inline float NewParam(const Hyper& h, float r2, float p, float m_hat, float v) {
-  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay>(h, r2, p, m_hat, v), p);
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kSecond>(h, r2, p, m_hat, v), p);
 }
 
 // The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).

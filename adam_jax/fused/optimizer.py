@@ -1,4 +1,4 @@
-r"""Adam, AdamW, NAdam and NAdamW whose step can run as one fused pass over memory, in place.
+r"""Adam, AdamW, NAdam, NAdamW, AdaMax and AdaMaxW whose step can run as one fused pass over memory, in place.
 
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
@@ -26,7 +26,8 @@ by ``optax.inject_hyperparams``) are the chain's: each kernel call is a ``custom
 Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
 arrays, ``eps=0``, ``b1`` or ``b2`` given as exactly 0.5, a float64 hyperparameter under ``jax_enable_x64``, no
 kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is
-the chain's; with NAdam's look-ahead (``nesterov=True``) 8-bit leaves take the chain inside the kernels' step.
+the chain's; with NAdam's look-ahead (``nesterov=True``) or AdaMax's infinity norm 8-bit leaves take the chain
+inside the kernels' step.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -79,7 +80,7 @@ class FusedTransformation(NamedTuple):
 
     ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to ``update`` then
     ``optax.apply_updates``. ``update`` is ``chain.update``, with the 8-bit leaves on the CPU kernel where it
-    applies (the same updates and state); ``chain`` is the pure-XLA definition (``adam_jax.adam``/``adamw``).
+    applies (the same updates and state); ``chain`` is the pure-XLA definition (``adam_jax.adam``, ``adamw``, ...).
     """
 
     init: optax.TransformInitFn
@@ -99,16 +100,25 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False):
+def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False, infinity_norm: bool = False):
     """One FFI call over lists of float32 leaves; results aliased to params, mu, nu. ``nesterov``: NAdam's
-    look-ahead first moment (its coefficients are in ``scalars``)."""
+    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu."""
     k = len(p)
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*p, *m, *v)]
     aliases = {1 + i: i for i in range(k)}  # operand index -> result index
     aliases.update({1 + 2 * k + i: k + i for i in range(k)})
     aliases.update({1 + 3 * k + i: 2 * k + i for i in range(k)})
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    out = call(scalars, *p, *g, *m, *v, decay=np.int32(decay), nesterov=np.int32(nesterov))
+    out = call(
+        scalars,
+        *p,
+        *g,
+        *m,
+        *v,
+        decay=np.int32(decay),
+        nesterov=np.int32(nesterov),
+        infinity_norm=np.int32(infinity_norm),
+    )
     return out[:k], out[k : 2 * k], out[2 * k :]
 
 
@@ -152,12 +162,14 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
 MIN_8BIT_KERNEL_SIZE = 64
 
 
-def _leaf_kind(p, g, m, v, nesterov: bool) -> tuple | None:
+def _leaf_kind(p, g, m, v, nesterov: bool, infinity_norm: bool = False) -> tuple | None:
     """Which kernel updates this leaf: ('f32',), ('8bit', block_size), ('chain',) (the chain, inside a kernel step), or
     None (only a step of the chain alone can)."""
     kind = _kernel_kind(p, g, m, v)
     if kind is None:
         return None
+    if infinity_norm and kind[0] == '8bit':  # AdaMax's u_t is in the float32 kernel only
+        return ('chain',)
     # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
     # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
     # leaf's shape (c_g g_t for 1-D leaves, c_m m_t for a single block or for (16, 256) but not (16, 512): found by
@@ -277,10 +289,13 @@ def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
 
 
 def _fused(
-    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov
+    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov, infinity_norm=False
 ) -> FusedTransformation:
+    """The fused optimizer; ``infinity_norm``: AdaMax(W) (``eps`` inside the max, no ``eps_root``, no look-ahead)."""
     _checks.check_bool('nesterov', nesterov)
-    options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)  # as the chain's factories take them
+    options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)  # as the chain's factories take them
+    if not infinity_norm:
+        options['nesterov'] = nesterov
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
@@ -288,6 +303,11 @@ def _fused(
     traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
 
     def make_tx(mask, h=hyper):
+        if infinity_norm:
+            args = (h['learning_rate'], h['b1'], h['b2'], h['eps'])
+            if weight_decay is None:
+                return aliases.adamax(*args, **options)
+            return aliases.adamaxw(*args, weight_decay=h['weight_decay'], mask=mask, **options)
         args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'])
         if weight_decay is None:
             return aliases.adam(*args, **options)
@@ -296,7 +316,12 @@ def _fused(
     tx = make_tx(mask)
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
     name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
-    kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov), '8bit': _kernel8_call}
+    if infinity_norm:
+        name = name.replace('adam', 'adamax')
+    kernels = {
+        'f32': functools.partial(_kernel_call, nesterov=nesterov, infinity_norm=infinity_norm),
+        '8bit': _kernel8_call,
+    }
 
     def chain_with(h):
         """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
@@ -334,7 +359,8 @@ def _fused(
             neg_lr = -learning_rate
         wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
         check_correctable('b1', b1, params, False)  # as the chain's bias_correct refuses them
-        check_correctable('b2', b2, params, False)
+        if not infinity_norm:  # AdaMax's u_t is not corrected
+            check_correctable('b2', b2, params, False)
         # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
         c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
         scalars = jnp.stack(
@@ -344,7 +370,7 @@ def _fused(
                 _f32(1 - b2),
                 _f32(b2),
                 _f32(one_minus_power(b1, count, correction_dtype(jnp.float32))),  # as correction.debias forms it
-                _f32(one_minus_power(b2, count, correction_dtype(jnp.float32))),
+                _f32(1.0 if infinity_norm else one_minus_power(b2, count, correction_dtype(jnp.float32))),
                 _f32(eps_root),
                 _f32(eps),
                 _f32(wd),
@@ -404,7 +430,7 @@ def _fused(
         structure = jax.tree.structure(params)
         if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
             leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
-            kinds = [_leaf_kind(*x, nesterov) for x in zip(*leaves)]
+            kinds = [_leaf_kind(*x, nesterov, infinity_norm) for x in zip(*leaves)]
         if not (
             _library.available()
             and flags is not None
@@ -413,7 +439,7 @@ def _fused(
             and _one_cpu_device()
             # with a known eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror (a
             # traced eps is unknown to XLA too, so it keeps the division)
-            and not _checks.is_known_zero(eps)
+            and (infinity_norm or not _checks.is_known_zero(eps))  # AdaMax: no root (its eps is inside the max)
             # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
             # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
             and not any(map(_is_known_half, (b1, b2)))
@@ -565,3 +591,43 @@ def nadamw(
     fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only);
     ``nesterov=False`` gives :func:`adamw`."""
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
+
+
+def adamax(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.adamax` (Kingma & Ba 2014, Algorithm 2; ``optax.adamax``) with a fused, in-place ``step``.
+
+    .. math::
+
+       u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \quad
+       \theta_t = \theta_{t-1} - \frac{\alpha_t}{1-\beta_1^t} \frac{m_t}{u_t}
+
+    The same single pass as :func:`adam` (28 B/param), with the infinity norm :math:`u_t` in place of :math:`v_t`.
+    Float32 moments run the kernel; 8-bit moments run the chain, inside the same jitted step (the 8-bit kernel has
+    Adam's second moment only).
+    """
+    return _fused(learning_rate, b1, b2, eps, 0.0, None, None, mu_dtype, nu_dtype, False, infinity_norm=True)
+
+
+def adamaxw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    weight_decay: chex.Numeric = 1e-4,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.adamaxw` (:func:`adamax`'s direction with decoupled weight decay; ``optax.adamaxw``) with a
+    fused, in-place ``step``. A ``mask`` of Python booleans (or a function of the params returning one) splits the
+    leaves into a decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain."""
+    return _fused(learning_rate, b1, b2, eps, 0.0, weight_decay, mask, mu_dtype, nu_dtype, False, infinity_norm=True)
