@@ -9,6 +9,7 @@
 //   d = (m r1) / (sqrt(fma(v, r2, eps_root)) + eps)       r_i = 1 / (1 - b_i^t); 1 - b_i^t from the caller
 //       (NAdam, nesterov=1: m r1 is fma(c_m, m, c_g g), c_m = b1 / (1 - b1^(t+1)), c_g = (1 - b1) / (1 - b1^t))
 //       (AdaMax, infinity_norm=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
+//       (AMSGrad, amsgrad=1: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -19,9 +20,9 @@
 // appear) and without -ffast-math; -fno-math-errno lets sqrtf vectorise (a correctly rounded sqrtps).
 //
 // Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n],
-// grads[n], mu[n], nu[n]; results: params[n], mu[n], nu[n], aliased to the inputs by the caller so the update is
-// in place. The leaves are cut into chunks that the calling thread and XLA's intra-op thread pool take in turn,
-// so 1000 small leaves cost one call.
+// grads[n], mu[n], nu[n] [, AMSGrad's running maximum w[n]]; results: params[n], mu[n], nu[n] [, w[n]], aliased to
+// the inputs by the caller so the update is in place. The leaves are cut into chunks that the calling thread and
+// XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
 
 #include <algorithm>
 #include <cmath>
@@ -37,67 +38,78 @@ namespace {
 
 template <bool kFma, bool kDecay, bool kNesterov, Second kSecond>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
-                                                float* __restrict m, float* __restrict v, int64_t n, const Hyper h) {
+                                                float* __restrict m, float* __restrict v, float* __restrict w,
+                                                int64_t n, const Hyper h) {
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
-    const float vi = kSecond == Second::kMax ? InfinityNorm(h, g[i], v[i]) : SecondMoment<kFma>(h, g[i], v[i]);
+    const float vi =
+        kSecond == Second::kInfinityNorm ? InfinityNorm(h, g[i], v[i]) : SecondMoment<kFma>(h, g[i], v[i]);
     m[i] = mi;
     v[i] = vi;
     const float m_hat = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi);
-    p[i] = NewParam<kFma, kDecay, kSecond>(h, r2, p[i], m_hat, vi);
+    if constexpr (kSecond == Second::kRunningMax) {
+      const float wi = MaxOrNan(vi * r2, w[i]);  // the running maximum of the corrected v_t
+      w[i] = wi;
+      p[i] = NewParam<kFma, kDecay>(h, 1.0f, p[i], m_hat, wi);  // corrected already: fma(w, 1, e) is w + e
+    } else {
+      p[i] = NewParam<kFma, kDecay, kSecond>(h, r2, p[i], m_hat, vi);
+    }
   }
 }
 
-// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment, AdaMax's infinity norm.
+// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment, what the direction divides by.
 struct Variant {
-  bool decay, nesterov, max;
+  bool decay, nesterov;
+  Second second;
 };
 
-using LoopFn = void (*)(float*, const float*, float*, float*, int64_t, const Hyper, Variant);
+using LoopFn = void (*)(float*, const float*, float*, float*, float*, int64_t, const Hyper, Variant);
 
 // Always inlined: each ISA's entry point must hold its own copies of the loops (a shared out-of-line Dispatch
 // would compile them for the baseline ISA, where __builtin_fmaf is a library call: 6x slower, found by timing).
 template <bool kFma>
-__attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, int64_t n,
-                                                    const Hyper h, Variant x) {
-  constexpr Second kSquare = Second::kSquare, kMax = Second::kMax;
-  if (x.max) {  // AdaMax has no look-ahead
+__attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, float* w,
+                                                    int64_t n, const Hyper h, Variant x) {
+  constexpr Second kSquare = Second::kSquare, kInfinityNorm = Second::kInfinityNorm;
+  if (x.second == Second::kRunningMax) {  // AMSGrad: no decay, no look-ahead
+    Loop<kFma, false, false, Second::kRunningMax>(p, g, m, v, w, n, h);
+  } else if (x.second == kInfinityNorm) {  // AdaMax has no look-ahead
     if (x.decay) {
-      Loop<kFma, true, false, kMax>(p, g, m, v, n, h);
+      Loop<kFma, true, false, kInfinityNorm>(p, g, m, v, w, n, h);
     } else {
-      Loop<kFma, false, false, kMax>(p, g, m, v, n, h);
+      Loop<kFma, false, false, kInfinityNorm>(p, g, m, v, w, n, h);
     }
   } else if (x.nesterov) {
     if (x.decay) {
-      Loop<kFma, true, true, kSquare>(p, g, m, v, n, h);
+      Loop<kFma, true, true, kSquare>(p, g, m, v, w, n, h);
     } else {
-      Loop<kFma, false, true, kSquare>(p, g, m, v, n, h);
+      Loop<kFma, false, true, kSquare>(p, g, m, v, w, n, h);
     }
   } else if (x.decay) {
-    Loop<kFma, true, false, kSquare>(p, g, m, v, n, h);
+    Loop<kFma, true, false, kSquare>(p, g, m, v, w, n, h);
   } else {
-    Loop<kFma, false, false, kSquare>(p, g, m, v, n, h);
+    Loop<kFma, false, false, kSquare>(p, g, m, v, w, n, h);
   }
 }
 
-void AdamPortable(float* p, const float* g, float* m, float* v, int64_t n, const Hyper h, Variant x) {
+void AdamPortable(float* p, const float* g, float* m, float* v, float* w, int64_t n, const Hyper h, Variant x) {
 #if defined(__aarch64__) || defined(__FMA__)
-  Dispatch<true>(p, g, m, v, n, h, x);  // the baseline of this target has FMA, as XLA's code uses
+  Dispatch<true>(p, g, m, v, w, n, h, x);  // the baseline of this target has FMA, as XLA's code uses
 #else
-  Dispatch<false>(p, g, m, v, n, h, x);
+  Dispatch<false>(p, g, m, v, w, n, h, x);
 #endif
 }
 
 #if defined(ADAM_JAX_X86_DISPATCH)
-__attribute__((target("avx2,fma"))) void AdamAvx2(float* p, const float* g, float* m, float* v, int64_t n,
+__attribute__((target("avx2,fma"))) void AdamAvx2(float* p, const float* g, float* m, float* v, float* w, int64_t n,
                                                   const Hyper h, Variant x) {
-  Dispatch<true>(p, g, m, v, n, h, x);
+  Dispatch<true>(p, g, m, v, w, n, h, x);
 }
 
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void AdamAvx512(float* p, const float* g, float* m, float* v,
-                                                                     int64_t n, const Hyper h, Variant x) {
-  Dispatch<true>(p, g, m, v, n, h, x);
+                                                                     float* w, int64_t n, const Hyper h, Variant x) {
+  Dispatch<true>(p, g, m, v, w, n, h, x);
 }
 #endif
 
@@ -129,9 +141,10 @@ const Isa& ChosenIsa() {
   return isa;
 }
 
+// One leaf's arrays: params, grads, mu, nu and (AMSGrad only, else null) the running maximum w of the corrected nu.
 struct Leaf {
-  const float *p_in, *g, *m_in, *v_in;
-  float *p, *m, *v;
+  const float *p_in, *g, *m_in, *v_in, *w_in;
+  float *p, *m, *v, *w;
   int64_t size, start;  // start: offset of the leaf in the concatenation of all leaves
   const Hyper* h;       // the scalars of its problem (one per vmapped batch element)
 };
@@ -139,36 +152,43 @@ struct Leaf {
 // Updates elements [lo, hi) of one leaf.
 void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<float>& scratch) {
   const int64_t n = hi - lo;
-  float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo;
+  float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo, *w = leaf.w ? leaf.w + lo : nullptr;
   CopyIfNotAliased(p, leaf.p_in + lo, n);
   CopyIfNotAliased(m, leaf.m_in + lo, n);
   CopyIfNotAliased(v, leaf.v_in + lo, n);
+  if (w) CopyIfNotAliased(w, leaf.w_in + lo, n);
   const float* g = leaf.g + lo;
   const int64_t bytes = n * sizeof(float);
-  if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || Overlaps(g, bytes, v, bytes)) {
+  if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || Overlaps(g, bytes, v, bytes) ||
+      (w && Overlaps(g, bytes, w, bytes))) {
     scratch.assign(g, g + n);  // the same array passed twice
     g = scratch.data();
   }
-  ChosenIsa().loop(p, g, m, v, n, *leaf.h, x);
+  ChosenIsa().loop(p, g, m, v, w, n, *leaf.h, x);
 }
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm) {
+                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm,
+                    int32_t amsgrad) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 12 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
-  const size_t n = rets.size() / 3;
-  if (rets.size() != 3 * n || args.size() != 4 * n) {
-    return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 4n operands after the scalars and 3n results");
+  // Operand groups: params, grads, mu, nu [, AMSGrad's running maximum]; results: params, mu, nu [, maximum].
+  const size_t groups = amsgrad ? 5 : 4, n = rets.size() / (groups - 1);
+  if (rets.size() != (groups - 1) * n || args.size() != groups * n) {
+    return ffi::Error::InvalidArgument(amsgrad ? "adam_jax fused AMSGrad: expected 5n operands and 4n results"
+                                               : "adam_jax fused Adam: expected 4n operands and 3n results");
   }
   std::vector<Leaf> leaves;
   leaves.reserve(n * batch);
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
-    ffi::AnyBuffer in[4] = {*args.get<ffi::AnyBuffer>(i), *args.get<ffi::AnyBuffer>(n + i),
-                            *args.get<ffi::AnyBuffer>(2 * n + i), *args.get<ffi::AnyBuffer>(3 * n + i)};
-    ffi::Result<ffi::AnyBuffer> out[3] = {*rets.get<ffi::AnyBuffer>(i), *rets.get<ffi::AnyBuffer>(n + i),
-                                          *rets.get<ffi::AnyBuffer>(2 * n + i)};
+    ffi::AnyBuffer in[5] = {*args.get<ffi::AnyBuffer>(i), *args.get<ffi::AnyBuffer>(n + i),
+                            *args.get<ffi::AnyBuffer>(2 * n + i), *args.get<ffi::AnyBuffer>(3 * n + i),
+                            *args.get<ffi::AnyBuffer>((groups - 1) * n + i)};  // the last group (nu if not AMSGrad)
+    ffi::Result<ffi::AnyBuffer> out[4] = {*rets.get<ffi::AnyBuffer>(i), *rets.get<ffi::AnyBuffer>(n + i),
+                                          *rets.get<ffi::AnyBuffer>(2 * n + i),
+                                          *rets.get<ffi::AnyBuffer>((groups - 2) * n + i)};
     const int64_t size = static_cast<int64_t>(in[0].element_count());
     for (const auto& b : in) {
       if (b.element_type() != ffi::F32 || static_cast<int64_t>(b.element_count()) != size) {
@@ -186,12 +206,14 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       const int64_t o = b * part;
       leaves.push_back(Leaf{in[0].typed_data<float>() + o, in[1].typed_data<float>() + o,
                             in[2].typed_data<float>() + o, in[3].typed_data<float>() + o,
-                            out[0]->typed_data<float>() + o, out[1]->typed_data<float>() + o,
-                            out[2]->typed_data<float>() + o, part, total, &hypers[b]});
+                            amsgrad ? in[4].typed_data<float>() + o : nullptr, out[0]->typed_data<float>() + o,
+                            out[1]->typed_data<float>() + o, out[2]->typed_data<float>() + o,
+                            amsgrad ? out[3]->typed_data<float>() + o : nullptr, part, total, &hypers[b]});
       total += part;
     }
   }
-  const Variant variant{decay != 0, nesterov != 0, infinity_norm != 0};
+  const Second second = amsgrad ? Second::kRunningMax : infinity_norm ? Second::kInfinityNorm : Second::kSquare;
+  const Variant variant{decay != 0, nesterov != 0, second};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
     const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
@@ -221,4 +243,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
                                   .Attr<int32_t>("nesterov")
-                                  .Attr<int32_t>("infinity_norm"));
+                                  .Attr<int32_t>("infinity_norm")
+                                  .Attr<int32_t>("amsgrad"));

@@ -94,15 +94,16 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   }
 }
 
-// The second moment's kind: Adam's EMA of squares v_t, or AdaMax's exponentially weighted infinity norm u_t.
-enum class Second { kSquare, kMax };
+// What the direction divides by: Adam's EMA of squares v_t, AdaMax's exponentially weighted infinity norm u_t, or
+// AMSGrad's running maximum of the corrected v_t.
+enum class Second { kSquare, kInfinityNorm, kRunningMax };
+
+// max(a, b) as XLA's maximum computes it: a NaN in either operand is the result.
+inline float MaxOrNan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 // AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) (Kingma & Ba 2014, Algorithm 2; eps inside the max as in optax and
-// PyTorch, from the kEps slot), NaN-propagating as XLA's maximum: a NaN in either operand is the result.
-inline float InfinityNorm(const Hyper& h, float g, float u) {
-  const float a = std::fabs(g) + h.eps, b = h.b2 * u;
-  return (a > b || a != a) ? a : b;
-}
+// PyTorch, from the kEps slot).
+inline float InfinityNorm(const Hyper& h, float g, float u) { return MaxOrNan(std::fabs(g) + h.eps, h.b2 * u); }
 
 // The direction that the learning rate scales, from the corrected first moment m_hat and the raw second moment v:
 // m_hat / (sqrt(v_hat + eps_root) + eps) (r2 = 1 / (1 - b2^t)), or AdaMax's m_hat / u_t (u_t needs no correction
@@ -110,7 +111,7 @@ inline float InfinityNorm(const Hyper& h, float g, float u) {
 template <bool kFma, bool kDecay, Second kSecond = Second::kSquare>
 inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) {
   float d;
-  if constexpr (kSecond == Second::kMax) {
+  if constexpr (kSecond == Second::kInfinityNorm) {
     d = m_hat / v;
   } else {
     d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);

@@ -100,26 +100,19 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _kernel_call(scalars, p, g, m, v, decay: bool, nesterov: bool = False, infinity_norm: bool = False):
-    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu. ``nesterov``: NAdam's
-    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu."""
+def _kernel_call(scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, infinity_norm: bool = False):
+    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``nesterov``: NAdam's
+    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu; ``w``
+    (one more list): AMSGrad's running maximum of the corrected nu."""
     k = len(p)
-    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*p, *m, *v)]
-    aliases = {1 + i: i for i in range(k)}  # operand index -> result index
-    aliases.update({1 + 2 * k + i: k + i for i in range(k)})
-    aliases.update({1 + 3 * k + i: 2 * k + i for i in range(k)})
+    arrays = (p, g, m, v, *w)
+    results = [0, 2, 3, 4][: len(arrays) - 1]  # the operand groups updated in place: all but the grads
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
+    aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    out = call(
-        scalars,
-        *p,
-        *g,
-        *m,
-        *v,
-        decay=np.int32(decay),
-        nesterov=np.int32(nesterov),
-        infinity_norm=np.int32(infinity_norm),
-    )
-    return out[:k], out[k : 2 * k], out[2 * k :]
+    flags = dict(decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w))
+    out = call(scalars, *(x for group in arrays for x in group), **{key: np.int32(on) for key, on in flags.items()})
+    return tuple(out[r * k : (r + 1) * k] for r in range(len(results)))
 
 
 def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
