@@ -1,6 +1,6 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
-Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam] [--adamax]``.
+Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam] [--adamax] [--amsgrad]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
@@ -14,7 +14,8 @@ each of its steps, which the pause after every step (``benchmarks.interleave.PAU
 
 ``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` to the same rounds
 (NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam); ``--adamax`` the same three for
-AdaMax (its infinity norm in the same pass).
+AdaMax (its infinity norm in the same pass); ``--amsgrad`` the same for AMSGrad (its running maximum is a fourth
+array: 36 B/param), and with ``--torch`` torch's fused ``Adam(amsgrad=True)`` too.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def _fused_step(opt):
     return step
 
 
-def _torch_run(n: int) -> dict:
+def _torch_run(n: int, amsgrad: bool = False) -> dict:
     """torch's fused CPU Adam on n params in one tensor, as a run of time_interleaved (it ignores params/state)."""
-    torch_step, _, _, _ = torch_setup(n, 1)  # on the CPU: a step returns when it is done
+    torch_step, _, _, _ = torch_setup(n, 1, amsgrad)  # on the CPU: a step returns when it is done
 
     def step(params, state, grads):
         torch_step()
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument('--torch', action='store_true', help="also time torch's fused CPU Adam in this process")
     parser.add_argument('--nadam', action='store_true', help='also time NAdam: optax, the chain and the fused step')
     parser.add_argument('--adamax', action='store_true', help='also time AdaMax: optax, the chain and the fused step')
+    parser.add_argument(
+        '--amsgrad', action='store_true', help="also time AMSGrad: optax, the chain, the fused step (and torch's)"
+    )
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -100,6 +104,14 @@ def main() -> None:
                 'adam_jax.fused.adamax(...).step': (fused.adamax(1e-3), _fused_step),
             }
         )
+    if args.amsgrad:
+        optimizers.update(
+            {
+                'optax.amsgrad': (optax.amsgrad(1e-3), _update_step),
+                'adam_jax.amsgrad': (adam_jax.amsgrad(1e-3), _update_step),
+                'adam_jax.fused.amsgrad(...).step': (fused.amsgrad(1e-3), _fused_step),
+            }
+        )
     print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')
     runs = {}
     for name, (opt, make_step) in optimizers.items():
@@ -114,13 +126,16 @@ def main() -> None:
         runs[name] = dict(step=compiled, params=params, state=state, times=[])
     if args.torch:
         runs['torch.optim.Adam(fused=True)'] = _torch_run(args.params)
+        if args.amsgrad:
+            runs['torch.optim.Adam(fused=True, amsgrad=True)'] = _torch_run(args.params, amsgrad=True)
     time_interleaved(runs, args.steps, grads)
     print()
     for name, run in runs.items():
         median = statistics.median(run['times'])
+        per_param = 36 if 'amsgrad' in name else 28  # AMSGrad reads and writes its running maximum too
         print(
             f'{name}: median {1e3 * median:.3f} ms, fastest {1e3 * min(run["times"]):.3f} ms, '
-            f'{28 * args.params / median / 1e9:.0f} GB/s at 28 B/param'
+            f'{per_param * args.params / median / 1e9:.0f} GB/s at {per_param} B/param'
         )
 
 

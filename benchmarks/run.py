@@ -128,9 +128,10 @@ def _jax_setup(name: str, n: int, leaves: int):
     return step, sync, first, note
 
 
-def torch_setup(n: int, leaves: int):
+def torch_setup(n: int, leaves: int, amsgrad: bool = False):
     """torch.optim.Adam(fused=True) on n params in ``leaves`` tensors (on the device named by TORCH_DEVICE_ENV, CPU
-    by default), after its first step: (step, sync, first-call seconds, a note naming torch and where it ran)."""
+    by default), after its first step: (step, sync, first-call seconds, a note naming torch and where it ran).
+    ``amsgrad``: torch's AMSGrad, in the same fused kernel."""
     import torch
 
     device = os.environ.get(TORCH_DEVICE_ENV, 'cpu')
@@ -138,7 +139,7 @@ def torch_setup(n: int, leaves: int):
     params = [torch.zeros(s, requires_grad=True, device=device) for s in leaf_sizes(n, leaves)]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen).to(device)
-    opt = torch.optim.Adam(params, lr=LR, fused=True)
+    opt = torch.optim.Adam(params, lr=LR, fused=True, amsgrad=amsgrad)
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     start = time.perf_counter()
     opt.step()  # allocates the state: torch's first-call cost

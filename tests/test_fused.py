@@ -46,6 +46,11 @@ CASES = {
         fused.adamaxw(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=MASK),
         optax.adamaxw(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1, mask=MASK),
     ),
+    'amsgrad': lambda: (fused.amsgrad(3e-2), optax.amsgrad(3e-2)),
+    'amsgrad-schedule-eps_root': lambda: (
+        fused.amsgrad(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
+        optax.amsgrad(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
+    ),
 }
 needs_kernel = pytest.mark.skipif(not _library.available(), reason=_library.status())
 pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
@@ -84,16 +89,25 @@ def kernel8_calls(fn, *args) -> int:
 
 
 def warm_state(opt, params, count, seed=0):
-    """The state after `count` steps, with random moments (nu > 0), without running the chain."""
+    """The state after `count` steps, with random moments (nu > 0), without running the chain; AMSGrad's running
+    maximum random too (above the corrected nu in about half the elements)."""
     rng = np.random.default_rng(seed)
-    (moments, *direction_rest), *rest = opt.init(params)
+    state = opt.init(params)
+    flat = isinstance(state[0], adam_jax.MomentsState)  # AMSGrad's chain: moments first, the maximum third
+    (moments, *direction_rest), *rest = ((state[0], *state[1:3]), *state[3:]) if flat else state
     moments = moments._replace(
         count=jnp.int32(count),
         mu=jax.tree.map(lambda p: jnp.asarray(0.1 * rng.normal(size=p.shape), p.dtype), params),
         nu=jax.tree.map(lambda p: jnp.asarray(0.01 * rng.random(size=p.shape), p.dtype), params),
     )
+    direction_rest = [
+        r._replace(nu_max=jax.tree.map(lambda p: jnp.asarray(0.05 * rng.random(size=p.shape), p.dtype), params))
+        if isinstance(r, adam_jax.MaxSecondMomentState)
+        else r
+        for r in direction_rest
+    ]
     rest = [r._replace(count=jnp.int32(count)) if 'count' in getattr(r, '_fields', ()) else r for r in rest]
-    return ((moments, *direction_rest), *rest)
+    return (moments, *direction_rest, *rest) if flat else ((moments, *direction_rest), *rest)
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -113,7 +127,8 @@ def test_step_equals_the_chain_and_optax_over_100_steps(case):
     assert max_abs_diff(fused_out[0], optax_params) <= 1e-5
     assert max_abs_diff(fused_out[0], params) > 0.5  # the params moved: the equalities are not trivial
     assert jax.tree.structure(fused_out[1]) == jax.tree.structure(state)
-    assert int(fused_out[1][0][0].count) == 100
+    moments = fused_out[1][0] if isinstance(fused_out[1][0], adam_jax.MomentsState) else fused_out[1][0][0]
+    assert int(moments.count) == 100
 
 
 @needs_kernel
@@ -179,6 +194,7 @@ def test_same_array_as_params_and_grads():
         fused.adam(1e-2, mu_dtype='int8', nu_dtype='uint8'),
         fused.nadamw(1e-2, weight_decay=0.1),
         fused.adamaxw(1e-2, weight_decay=0.1),
+        fused.amsgrad(1e-2),
     ],
 )
 def test_one_element_leaves_are_bitwise_the_chain(opt):
@@ -221,6 +237,8 @@ def test_a_foreign_state_is_refused_by_name():
         (fused.adam(1e-3).init(params), fused.adamw(1e-3), 'fused.adamw'),
         (fused.adam(1e-3).init(params), fused.nadam(1e-3), 'fused.nadam'),  # the direction's chain is longer
         (fused.nadamw(1e-3).init(params), fused.adamw(1e-3), 'fused.adamw'),
+        (fused.adam(1e-3).init(params), fused.amsgrad(1e-3), 'fused.amsgrad'),
+        (fused.amsgrad(1e-3).init(params), fused.adam(1e-3), 'fused.adam'),
     ]:
         with pytest.raises(TypeError, match=rf"{name}\(...\)\.step needs the state made by the same optimizer's init"):
             jax.jit(opt.step)(params, params, state)
@@ -293,6 +311,9 @@ def test_fused_optimizers_are_the_composed_chains_for_optax():
         fused.adam(1e-3, b1=1.0)
     with pytest.raises(ValueError, match='weight_decay'):
         fused.adamw(1e-3, weight_decay=-1.0)
+    for factory in (fused.adamw, fused.nadamw, fused.adamaxw):  # None is not "no decay" (found by review)
+        with pytest.raises(TypeError, match='weight_decay must be a real number, got None'):
+            factory(1e-3, weight_decay=None)
 
 
 def mlp_loss(params, x, y):
@@ -460,3 +481,92 @@ def test_adamax_8bit_leaves_take_the_chain_and_adam_is_not_adamax():
     got = jax.jit(adamax.step)(params, grads, state)
     assert leaves_equal(got, jax.jit(chain_step(adam_jax.adamax(1e-2)))(params, grads, state))
     assert max_abs_diff(got[0], jax.jit(adam.step)(params, grads, state)[0]) > 1e-4
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: fused.amsgrad(optax.linear_schedule(3e-2, 1e-3, 5), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
+        lambda: fused.amsgrad(1e-2, bias_correction_mu=False, bias_correction_nu=False),
+        lambda: fused.amsgrad(1e-2, bias_correction_nu=False),
+    ],
+    ids=['schedule-eps_root', 'paper-no-corrections', 'no-nu-correction'],
+)
+def test_amsgrad_is_bitwise_the_chain_for_every_leaf_size_and_non_finite_gradients(make):
+    # AMSGrad's running maximum w = max(w, v_t / (1 - b2^t)) is a fourth array in the same one pass (36 B/param); the
+    # max propagates a NaN from either side, as XLA's. A moment the chain does not correct gets 1 - b^t = 1 in the
+    # kernel: m * (1 / 1) is m exactly. Gradients shrink after step 3, so that the maximum holds old values.
+    rng = np.random.default_rng(8)
+    opt = make()
+    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
+    sizes = [*range(1, 41), 65536 + 7]
+    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
+    state = opt.init(params)
+    assert kernel_calls(opt.step, params, params, state) == 3  # 81 leaves of more than one element, 32 a call
+    for t in range(8):
+        grads = jax.tree.map(
+            lambda p, scale=0.1 if t > 3 else 1.0: jnp.asarray(scale * rng.normal(size=p.shape), jnp.float32), params
+        )
+        if t == 6:
+            grads = nan_inf_at_the_ends(grads)
+        got, want = step(params, grads, state), reference(params, grads, state)
+        assert leaves_equal_nan(got, want), f'step {t}'
+        params, state = want
+    held = [np.mean(np.asarray(w) > np.asarray(v) * 1.0001) for w, v in zip(state[2].nu_max['a'], state[0].nu['a'])]
+    assert np.mean(held) > 0.25  # in many elements the maximum is not v_t: the kernel's max was exercised
+
+
+def test_amsgrad_refuses_8bit_moments_and_takes_the_chain_for_other_storage():
+    with pytest.raises(ValueError, match=r"nu_dtype='uint8'.*not supported"):
+        fused.amsgrad(1e-2, nu_dtype='uint8')
+    opt = fused.amsgrad(1e-2, mu_dtype=jnp.bfloat16)  # bf16 first moment: the chain, inside the same jit
+    params = {'w': jnp.linspace(-1, 1, 3000)}
+    state = opt.init(params)
+    assert kernel_calls(opt.step, params, params, state) == 0
+    assert leaves_equal(jax.jit(opt.step)(params, params, state), jax.jit(chain_step(opt))(params, params, state))
+    with pytest.raises(TypeError, match='bias_correction_mu'):
+        fused.amsgrad(1e-2, bias_correction_mu='yes')
+
+
+def with_moments(opt, params, count, mu, nu, nu_max=None):
+    """opt's initial state for params with these moments (and AMSGrad running maximum) at step ``count``."""
+    state = opt.init(params)
+    if isinstance(state[0], adam_jax.MomentsState):  # AMSGrad's flat chain
+        moments = state[0]._replace(count=jnp.int32(count), mu=mu, nu=nu)
+        return (moments, state[1], state[2]._replace(nu_max=nu_max), *state[3:])
+    moments = state[0][0]._replace(count=jnp.int32(count), mu=mu, nu=nu)
+    return ((moments, *state[0][1:]), *state[1:])
+
+
+def same_bits(a, b) -> bool:
+    """Equal leaves, a NaN equal to any NaN and the sign of a zero counted."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        if not np.all(((x == y) & (np.signbit(x) == np.signbit(y))) | (np.isnan(x) & np.isnan(y))):
+            return False
+    return True
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: fused.adamw(1e-2, weight_decay=0.1),
+        lambda: fused.nadam(1e-2),
+        lambda: fused.adamax(1e-2, eps=0.0),
+        lambda: fused.adamaxw(1e-2, weight_decay=0.1),
+        lambda: fused.amsgrad(1e-2),
+    ],
+    ids=['adamw', 'nadam', 'adamax-eps0', 'adamaxw', 'amsgrad'],
+)
+def test_special_values_in_every_operand_are_bitwise_the_chain(make):
+    # Every combination of +-0, +-denormal, +-1, +-inf and NaN as gradient, param, first and second moment (and
+    # running maximum): 6561 elements, signs of zeros counted. A review found AdaMax's max returning -0 where XLA's
+    # maximum returns +0 (max(+0, -0)), which flipped the sign of an infinite step.
+    values = np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, np.inf, -np.inf, np.nan], np.float32)
+    g, p, m, v = (jnp.asarray(c) for c in np.array(np.meshgrid(values, values, values, values)).reshape(4, -1))
+    opt = make()
+    state = with_moments(opt, p, 3, m, v, nu_max=v)
+    assert kernel_calls(opt.step, p, g, state) == 1
+    assert same_bits(jax.jit(opt.step)(p, g, state), jax.jit(chain_step(opt))(p, g, state))

@@ -98,8 +98,13 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
 // AMSGrad's running maximum of the corrected v_t.
 enum class Second { kSquare, kInfinityNorm, kRunningMax };
 
-// max(a, b) as XLA's maximum computes it: a NaN in either operand is the result.
-inline float MaxOrNan(float a, float b) { return (a > b || a != a) ? a : b; }
+// max(a, b) as XLA's maximum computes it: a NaN in either operand is the result, and +0 is above -0 (a review found a
+// warm state with u = -0 where returning b flipped the sign of an infinite step).
+inline float MaxOrNan(float a, float b) {
+  if (a != a || a > b) return a;
+  if (a == b) return std::signbit(a) ? b : a;
+  return b;
+}
 
 // AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) (Kingma & Ba 2014, Algorithm 2; eps inside the max as in optax and
 // PyTorch, from the kEps slot).

@@ -1,4 +1,4 @@
-r"""Adam, AdamW, NAdam, NAdamW, AdaMax and AdaMaxW whose step can run as one fused pass over memory, in place.
+r"""Adam, AdamW, NAdam, NAdamW, AdaMax, AdaMaxW and AMSGrad whose step can run as one fused pass over memory, in place.
 
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
@@ -27,7 +27,7 @@ Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 o
 arrays, ``eps=0``, ``b1`` or ``b2`` given as exactly 0.5, a float64 hyperparameter under ``jax_enable_x64``, no
 kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is
 the chain's; with NAdam's look-ahead (``nesterov=True``) or AdaMax's infinity norm 8-bit leaves take the chain
-inside the kernels' step.
+inside the kernels' step. AMSGrad's running maximum is a fourth operand of the float32 kernel (36 B/param).
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -65,7 +65,13 @@ import numpy as np
 import optax
 
 from adam_jax import _checks, aliases, factored, quantization
-from adam_jax.correction import check_correctable, correction_dtype, nesterov_coefficients, one_minus_power
+from adam_jax.correction import (
+    MaxSecondMomentState,
+    check_correctable,
+    correction_dtype,
+    nesterov_coefficients,
+    one_minus_power,
+)
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 
@@ -155,13 +161,15 @@ def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
 MIN_8BIT_KERNEL_SIZE = 64
 
 
-def _leaf_kind(p, g, m, v, nesterov: bool, infinity_norm: bool = False) -> tuple | None:
+def _leaf_kind(p, g, m, v, *w, nesterov: bool, variant: str) -> tuple | None:
     """Which kernel updates this leaf: ('f32',), ('8bit', block_size), ('chain',) (the chain, inside a kernel step), or
-    None (only a step of the chain alone can)."""
+    None (only a step of the chain alone can). ``w``: AMSGrad's running maximum of this leaf's nu."""
     kind = _kernel_kind(p, g, m, v)
     if kind is None:
         return None
-    if infinity_norm and kind[0] == '8bit':  # AdaMax's u_t is in the float32 kernel only
+    if w and not (kind == ('f32',) and getattr(w[0], 'dtype', None) == jnp.float32 and w[0].shape == p.shape):
+        return None
+    if variant == 'adamax' and kind[0] == '8bit':  # AdaMax's u_t is in the float32 kernel only
         return ('chain',)
     # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
     # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
@@ -194,23 +202,38 @@ def _kernel_kind(p, g, m, v) -> tuple | None:
     return ('f32',)
 
 
-def _is_state(state: Any, lengths: tuple[int, int]) -> bool:
+# AMSGrad's chain is flat: scale_by_moments, bias_correct, max_second_moment, scale_by_rms, the learning rate.
+AMSGRAD_LENGTHS = (5,)
+
+
+def _is_state(state: Any, lengths: tuple[int, ...]) -> bool:
     """Whether ``state`` has the structure of this optimizer's: a chain of ``lengths[0]`` states whose first, the
-    direction's, is a chain of ``lengths[1]`` beginning with the moments (3 for Adam's, 4 with NAdam's look-ahead)."""
+    direction's, is a chain of ``lengths[1]`` beginning with the moments (3 for Adam's, 4 with NAdam's look-ahead);
+    for AMSGrad (``AMSGRAD_LENGTHS``), a chain of five with the moments first and the running maximum third."""
+    if lengths == AMSGRAD_LENGTHS:
+        ok = isinstance(state, tuple) and len(state) == lengths[0] and isinstance(state[0], MomentsState)
+        return ok and isinstance(state[2], MaxSecondMomentState)
     outer, direction = lengths
     ok = isinstance(state, tuple) and len(state) == outer and isinstance(state[0], tuple) and len(state[0]) == direction
     return bool(ok) and isinstance(state[0][0], MomentsState)
 
 
-def _check_state(state: Any, lengths: tuple[int, int], name: str) -> None:
+def _check_state(state: Any, lengths: tuple[int, ...], name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
     if not _is_state(state, lengths):
+        if lengths == AMSGRAD_LENGTHS:
+            expected = 'a chain of 5 states: adam_jax.MomentsState first, adam_jax.MaxSecondMomentState third'
+        else:
+            expected = (
+                f'a chain of {lengths[0]} states beginning with a chain of {lengths[1]} that begins with '
+                'adam_jax.MomentsState'
+            )
         raise TypeError(
-            f"fused.{name}(...).step needs the state made by the same optimizer's init (a chain of {lengths[0]} "
-            f'states beginning with a chain of {lengths[1]} that begins with adam_jax.MomentsState); got '
+            f"fused.{name}(...).step needs the state made by the same optimizer's init ({expected}); got "
             f'{type(state).__name__}'
             + (f' of {len(state)}' if isinstance(state, tuple) else '')
-            + '. A state of optax.adam, or of fused.adam for fused.adamw or fused.nadam (or the reverse), does not fit.'
+            + ". A state of another optimizer (optax.adam's, or fused.adam's for fused.adamw, fused.nadam or "
+            'fused.amsgrad, or the reverse) does not fit.'
         )
 
 
@@ -282,13 +305,27 @@ def _moment_structure(tree: Any) -> jax.tree_util.PyTreeDef:
 
 
 def _fused(
-    learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov, infinity_norm=False
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay,
+    mask,
+    mu_dtype,
+    nu_dtype,
+    nesterov,
+    variant: str = 'adam',
+    corrections: tuple[bool, bool] = (True, True),
 ) -> FusedTransformation:
-    """The fused optimizer; ``infinity_norm``: AdaMax(W) (``eps`` inside the max, no ``eps_root``, no look-ahead)."""
+    """The fused optimizer. ``variant``: 'adam' (Adam, AdamW, with ``nesterov`` NAdam(W)), 'adamax' (AdaMax(W):
+    ``eps`` inside the max, no ``eps_root``) or 'amsgrad' (``corrections``: whether m and v are bias-corrected)."""
     _checks.check_bool('nesterov', nesterov)
     options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)  # as the chain's factories take them
-    if not infinity_norm:
+    if variant == 'adam':
         options['nesterov'] = nesterov
+    correct_mu, correct_nu = corrections
+    infinity_norm, running_max = variant == 'adamax', variant == 'amsgrad'
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
@@ -296,6 +333,9 @@ def _fused(
     traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
 
     def make_tx(mask, h=hyper):
+        if running_max:
+            args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'], mu_dtype, correct_mu, correct_nu)
+            return aliases.amsgrad(*args, nu_dtype=nu_dtype)
         if infinity_norm:
             args = (h['learning_rate'], h['b1'], h['b2'], h['eps'])
             if weight_decay is None:
@@ -307,10 +347,13 @@ def _fused(
         return aliases.adamw(*args, weight_decay=h['weight_decay'], mask=mask, **options)
 
     tx = make_tx(mask)
+    c2_used = correct_nu and not infinity_norm  # whether the kernel divides nu by 1 - b2^t
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
     name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
     if infinity_norm:
         name = name.replace('adam', 'adamax')
+    if running_max:
+        name, lengths = 'amsgrad', AMSGRAD_LENGTHS
     kernels = {
         'f32': functools.partial(_kernel_call, nesterov=nesterov, infinity_norm=infinity_norm),
         '8bit': _kernel8_call,
@@ -324,25 +367,39 @@ def _fused(
         updates, state = chain_with(h).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    def chain_leaves(index, p, g, m, v, state, decay_flags, updates, h):
+    def unpack(state):
+        """(moments, AMSGrad's running maxima or None, the learning rate's state) of a state of this chain."""
+        if running_max:
+            return state[0], state[2].nu_max, state[-1]
+        return state[0][0], None, state[-1]
+
+    def repack(state, moments, nu_max, lr_state):
+        """``state`` with these moments, running maxima (AMSGrad) and learning rate state."""
+        if running_max:
+            return (moments, state[1], state[2]._replace(nu_max=nu_max), state[3], lr_state)
+        (_, *direction_rest), *middle, _ = state
+        return ((moments, *direction_rest), *middle, lr_state)
+
+    def chain_leaves(index, p, g, moment_lists, state, decay_flags, updates, h):
         """The chain for leaves ``index`` of the flat lists: their new params (or, with ``updates``, their updates),
-        mu and nu leaves."""
-        (moments, *direction_rest), *middle, lr_state = state
+        mu, nu [and running maximum] leaves."""
+        moments, _, lr_state = unpack(state)
         pick = lambda leaves: [leaves[i] for i in index]  # noqa: E731
         sub_tx = make_tx(None if mask is None else pick(decay_flags), h)  # the same state structure as tx's
-        sub_state = ((moments._replace(mu=pick(m), nu=pick(v)), *direction_rest), *middle, lr_state)
-        new, ((new_moments, *_), *_) = sub_tx.update(pick(g), sub_state, pick(p))
+        m, v, *w = moment_lists
+        sub_state = repack(state, moments._replace(mu=pick(m), nu=pick(v)), pick(w[0]) if w else None, lr_state)
+        new, new_state = sub_tx.update(pick(g), sub_state, pick(p))
         if not updates:
             new = optax.apply_updates(pick(p), new)
-        return new, new_moments.mu, new_moments.nu
+        new_moments, new_w, _ = unpack(new_state)
+        return new, new_moments.mu, new_moments.nu, *([new_w] if w else [])
 
     def kernel_step(params, grads, state, h, decay_flags, kinds, updates=False):
         """The step (new params, state) on the kernels; with ``updates``, (updates, state) with the 8-bit leaves on
         the kernel and the others on the chain (a float32 kernel writing updates would move as many bytes as the
         chain does). ``h``: hyperparameters in place of the given ones (the traced ones, as operands)."""
         h = {**hyper, **h}
-        # State of the chain: ((MomentsState, bias_correct, scale_by_rms), [decoupled_decay], learning rate).
-        (moments, *direction_rest), *middle, lr_state = state
+        moments, nu_max, lr_state = unpack(state)
         count = saturating_increment(moments.count)
         learning_rate, b1, b2, eps, eps_root = (h[k] for k in ('learning_rate', 'b1', 'b2', 'eps', 'eps_root'))
         if callable(learning_rate):
@@ -351,8 +408,9 @@ def _fused(
         else:
             neg_lr = -learning_rate
         wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
-        check_correctable('b1', b1, params, False)  # as the chain's bias_correct refuses them
-        if not infinity_norm:  # AdaMax's u_t is not corrected
+        if correct_mu:  # as the chain's bias_correct refuses them
+            check_correctable('b1', b1, params, False)
+        if correct_nu and not infinity_norm:  # AdaMax's u_t is not corrected
             check_correctable('b2', b2, params, False)
         # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
         c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
@@ -362,8 +420,9 @@ def _fused(
                 _f32(b1),
                 _f32(1 - b2),
                 _f32(b2),
-                _f32(one_minus_power(b1, count, correction_dtype(jnp.float32))),  # as correction.debias forms it
-                _f32(1.0 if infinity_norm else one_minus_power(b2, count, correction_dtype(jnp.float32))),
+                # as correction.debias forms them; 1 where the chain does not correct (m * (1 / 1) is m exactly)
+                _f32(one_minus_power(b1, count, correction_dtype(jnp.float32)) if correct_mu else 1.0),
+                _f32(one_minus_power(b2, count, correction_dtype(jnp.float32)) if c2_used else 1.0),
                 _f32(eps_root),
                 _f32(eps),
                 _f32(wd),
@@ -373,14 +432,18 @@ def _fused(
             ]
         )
         p, treedef = jax.tree.flatten(params)
-        g, m, v = jax.tree.leaves(grads), _moment_leaves(moments.mu), _moment_leaves(moments.nu)
-        new_p, new_m, new_v = list(p), list(m), list(v)
+        g = jax.tree.leaves(grads)
+        moment_lists = [_moment_leaves(moments.mu), _moment_leaves(moments.nu)]
+        if running_max:
+            moment_lists.append(jax.tree.leaves(nu_max))
+        new_lists = [list(x) for x in (p, *moment_lists)]  # params (or updates), mu, nu [, running maximum]
         if updates:
             kinds = [('chain',) if kind == ('f32',) else kind for kind in kinds]
         index = [i for i, kind in enumerate(kinds) if kind == ('chain',)]
         if index:
-            for i, *new in zip(index, *chain_leaves(index, p, g, m, v, state, decay_flags, updates, h)):
-                new_p[i], new_m[i], new_v[i] = new
+            for i, *new in zip(index, *chain_leaves(index, p, g, moment_lists, state, decay_flags, updates, h)):
+                for target, x in zip(new_lists, new):
+                    target[i] = x
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
         for group in sorted(set(zip(kinds, decay_flags))):
             index = [i for i, key in enumerate(zip(kinds, decay_flags)) if key == group]
@@ -389,17 +452,19 @@ def _fused(
                 continue
             for start in range(0, len(index), MAX_LEAVES_PER_CALL):
                 part = index[start : start + MAX_LEAVES_PER_CALL]
-                operands = ([x[i] for i in part] for x in (p, g, m, v))
+                operands = ([x[i] for i in part] for x in (p, g, *moment_lists))
                 outs = kernels[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
-                for target, out in zip((new_p, new_m, new_v), outs):
+                for target, out in zip(new_lists, outs):
                     for i, x in zip(part, out):
                         target[i] = x
+        new_p, new_m, new_v, *new_w = new_lists
         moments = moments._replace(
             count=count,
             mu=jax.tree.unflatten(_moment_structure(moments.mu), new_m),
             nu=jax.tree.unflatten(_moment_structure(moments.nu), new_v),
         )
-        return jax.tree.unflatten(treedef, new_p), ((moments, *direction_rest), *middle, lr_state)
+        nu_max = jax.tree.unflatten(jax.tree.structure(nu_max), new_w[0]) if running_max else None
+        return jax.tree.unflatten(treedef, new_p), repack(state, moments, nu_max, lr_state)
 
     def decay_flags(params) -> list[bool] | None:
         n = len(jax.tree.leaves(params))
@@ -417,13 +482,13 @@ def _fused(
 
     def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
         """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
-        moments = state[0][0]
+        moments, nu_max, _ = unpack(state)
         flags = decay_flags(params)
         kinds = None
-        structure = jax.tree.structure(params)
-        if structure == jax.tree.structure(grads) == _moment_structure(moments.mu) == _moment_structure(moments.nu):
-            leaves = (jax.tree.leaves(params), jax.tree.leaves(grads), *map(_moment_leaves, (moments.mu, moments.nu)))
-            kinds = [_leaf_kind(*x, nesterov, infinity_norm) for x in zip(*leaves)]
+        trees = (params, grads, moments.mu, moments.nu, *([nu_max] if running_max else []))
+        if len({_moment_structure(tree) for tree in trees}) == 1:
+            leaves = map(_moment_leaves, trees)
+            kinds = [_leaf_kind(*x, nesterov=nesterov, variant=variant) for x in zip(*leaves)]
         if not (
             _library.available()
             and flags is not None
@@ -536,6 +601,7 @@ def adamw(
     decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain. ``nesterov=True`` is
     :func:`nadamw`.
     """
+    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
 
 
@@ -583,6 +649,7 @@ def nadamw(
     r""":func:`adam_jax.nadamw` (:func:`nadam`'s direction with decoupled weight decay; ``optax.nadamw``) with a
     fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only);
     ``nesterov=False`` gives :func:`adamw`."""
+    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
 
 
@@ -606,7 +673,7 @@ def adamax(
     Float32 moments run the kernel; 8-bit moments run the chain, inside the same jitted step (the 8-bit kernel has
     Adam's second moment only).
     """
-    return _fused(learning_rate, b1, b2, eps, 0.0, None, None, mu_dtype, nu_dtype, False, infinity_norm=True)
+    return _fused(learning_rate, b1, b2, eps, 0.0, None, None, mu_dtype, nu_dtype, False, 'adamax')
 
 
 def adamaxw(
@@ -623,4 +690,34 @@ def adamaxw(
     r""":func:`adam_jax.adamaxw` (:func:`adamax`'s direction with decoupled weight decay; ``optax.adamaxw``) with a
     fused, in-place ``step``. A ``mask`` of Python booleans (or a function of the params returning one) splits the
     leaves into a decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain."""
-    return _fused(learning_rate, b1, b2, eps, 0.0, weight_decay, mask, mu_dtype, nu_dtype, False, infinity_norm=True)
+    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
+    return _fused(learning_rate, b1, b2, eps, 0.0, weight_decay, mask, mu_dtype, nu_dtype, False, 'adamax')
+
+
+def amsgrad(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.amsgrad` (Reddi, Kale & Kumar 2018; ``optax.amsgrad``) with a fused, in-place ``step``.
+
+    .. math::
+
+       \hat v_t = \max(\hat v_{t-1}, v_t / (1-\beta_2^t)), \quad
+       \theta_t = \theta_{t-1} - \alpha_t \frac{m_t / (1-\beta_1^t)}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    One pass that also reads and writes the running maximum :math:`\hat v`: 36 B/param (torch's fused
+    ``Adam(amsgrad=True)`` moves as many). ``bias_correction_mu=False, bias_correction_nu=False`` is the paper's
+    Algorithm 2. Moments must be float32 for the kernel (the maximum is never 8-bit); other storage runs the chain.
+    """
+    _checks.check_bool('bias_correction_mu', bias_correction_mu)
+    _checks.check_bool('bias_correction_nu', bias_correction_nu)
+    corrections = (bool(bias_correction_mu), bool(bias_correction_nu))
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, False, 'amsgrad', corrections)
