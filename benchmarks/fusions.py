@@ -83,35 +83,13 @@ def main() -> None:
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
-    optimizers = {
-        'optax.adam': (optax.adam(1e-3), _update_step),
-        'adam_jax.adam': (adam_jax.adam(1e-3), _update_step),
-        'adam_jax.fused.adam(...).step': (fused.adam(1e-3), _fused_step),
-    }
-    if args.nadam:
-        optimizers.update(
-            {
-                'optax.nadam': (optax.nadam(1e-3), _update_step),
-                'adam_jax.nadam': (adam_jax.nadam(1e-3), _update_step),
-                'adam_jax.fused.nadam(...).step': (fused.nadam(1e-3), _fused_step),
-            }
-        )
-    if args.adamax:
-        optimizers.update(
-            {
-                'optax.adamax': (optax.adamax(1e-3), _update_step),
-                'adam_jax.adamax': (adam_jax.adamax(1e-3), _update_step),
-                'adam_jax.fused.adamax(...).step': (fused.adamax(1e-3), _fused_step),
-            }
-        )
-    if args.amsgrad:
-        optimizers.update(
-            {
-                'optax.amsgrad': (optax.amsgrad(1e-3), _update_step),
-                'adam_jax.amsgrad': (adam_jax.amsgrad(1e-3), _update_step),
-                'adam_jax.fused.amsgrad(...).step': (fused.amsgrad(1e-3), _fused_step),
-            }
-        )
+    # Each family: optax's optimizer, the composed chain (update + apply_updates) and the fused step, in one round.
+    families = {'adam': True, 'nadam': args.nadam, 'adamax': args.adamax, 'amsgrad': args.amsgrad}
+    optimizers = {}
+    for family in (name for name, wanted in families.items() if wanted):
+        optimizers[f'optax.{family}'] = (getattr(optax, family)(1e-3), _update_step)
+        optimizers[f'adam_jax.{family}'] = (getattr(adam_jax, family)(1e-3), _update_step)
+        optimizers[f'adam_jax.fused.{family}(...).step'] = (getattr(fused, family)(1e-3), _fused_step)
     print(f'{args.params} params in one leaf on {jax.devices()[0].device_kind}')
     runs = {}
     for name, (opt, make_step) in optimizers.items():

@@ -431,6 +431,28 @@ def leaves_equal_nan(a, b):
     return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True) for x, y in pairs)
 
 
+def sweep_against_the_chain(opt, seed, steps, non_finite_step, shrink_after=None):
+    """Steps of ``opt.step`` on leaves of sizes 1-40 and 65543 (columns of 1 and 3: every vector tail, a leaf over
+    two work items), each bitwise the jitted chain's (NaN equal to NaN); the gradients get a NaN first and an inf
+    last at ``non_finite_step`` and shrink tenfold after ``shrink_after``. Returns the last params and state."""
+    rng = np.random.default_rng(seed)
+    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
+    sizes = [*range(1, 41), 65536 + 7]
+    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
+    state = opt.init(params)
+    # 81 leaves of more than one element, at most 32 a call (and a decayed and an undecayed group with a mask)
+    assert kernel_calls(opt.step, params, params, state) >= 3
+    for t in range(steps):
+        scale = 0.1 if shrink_after is not None and t > shrink_after else 1.0
+        grads = jax.tree.map(lambda p, s=scale: jnp.asarray(s * rng.normal(size=p.shape), jnp.float32), params)
+        if t == non_finite_step:
+            grads = nan_inf_at_the_ends(grads)
+        got, want = step(params, grads, state), reference(params, grads, state)
+        assert leaves_equal_nan(got, want), f'step {t}'
+        params, state = want
+    return params, state
+
+
 @needs_kernel
 @pytest.mark.parametrize(
     'make',
@@ -446,20 +468,7 @@ def test_adamax_is_bitwise_the_chain_for_every_leaf_size_and_non_finite_gradient
     # AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) in place of v_t, in the same one pass: the max propagates a NaN
     # from either side as XLA's maximum does, and m_hat / u_t is the chain's direction (its eps is a known 0 that XLA
     # drops). A known eps = 0 keeps the kernel here (there is no root for XLA to turn into rsqrt).
-    rng = np.random.default_rng(6)
-    opt = make()
-    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
-    sizes = [*range(1, 41), 65536 + 7]
-    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
-    state = opt.init(params)
-    assert kernel_calls(opt.step, params, params, state) >= 3
-    for t in range(7):
-        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-        if t == 4:
-            grads = nan_inf_at_the_ends(grads)
-        got, want = step(params, grads, state), reference(params, grads, state)
-        assert leaves_equal_nan(got, want), f'step {t}'
-        params, state = want
+    params, _ = sweep_against_the_chain(make(), seed=6, steps=7, non_finite_step=4)
     assert np.isnan(np.asarray(params['a'][5][0])).all() and not np.isnan(np.asarray(params['a'][5][1:-1])).any()
 
 
@@ -497,22 +506,7 @@ def test_amsgrad_is_bitwise_the_chain_for_every_leaf_size_and_non_finite_gradien
     # AMSGrad's running maximum w = max(w, v_t / (1 - b2^t)) is a fourth array in the same one pass (36 B/param); the
     # max propagates a NaN from either side, as XLA's. A moment the chain does not correct gets 1 - b^t = 1 in the
     # kernel: m * (1 / 1) is m exactly. Gradients shrink after step 3, so that the maximum holds old values.
-    rng = np.random.default_rng(8)
-    opt = make()
-    step, reference = jax.jit(opt.step), jax.jit(chain_step(opt))
-    sizes = [*range(1, 41), 65536 + 7]
-    params = {k: [jnp.asarray(rng.normal(size=(s, n)), jnp.float32) for s in sizes] for k, n in (('a', 1), ('b', 3))}
-    state = opt.init(params)
-    assert kernel_calls(opt.step, params, params, state) == 3  # 81 leaves of more than one element, 32 a call
-    for t in range(8):
-        grads = jax.tree.map(
-            lambda p, scale=0.1 if t > 3 else 1.0: jnp.asarray(scale * rng.normal(size=p.shape), jnp.float32), params
-        )
-        if t == 6:
-            grads = nan_inf_at_the_ends(grads)
-        got, want = step(params, grads, state), reference(params, grads, state)
-        assert leaves_equal_nan(got, want), f'step {t}'
-        params, state = want
+    _, state = sweep_against_the_chain(make(), seed=8, steps=8, non_finite_step=6, shrink_after=3)
     held = [np.mean(np.asarray(w) > np.asarray(v) * 1.0001) for w, v in zip(state[2].nu_max['a'], state[0].nu['a'])]
     assert np.mean(held) > 0.25  # in many elements the maximum is not v_t: the kernel's max was exercised
 
