@@ -10,6 +10,7 @@
 //       (NAdam, nesterov=1: m r1 is fma(c_m, m, c_g g), c_m = b1 / (1 - b1^(t+1)), c_g = (1 - b1) / (1 - b1^t))
 //       (AdaMax, infinity_norm=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
 //       (AMSGrad, amsgrad=1: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
+//       (AdaBelief, belief=1: v is s = fma(b2, s, (1 - b2) ((g - m) (g - m))) + belief_eps, with the new m)
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -43,8 +44,14 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
-    const float vi =
-        kSecond == Second::kInfinityNorm ? InfinityNorm(h, g[i], v[i]) : SecondMoment<kFma>(h, g[i], v[i]);
+    float vi;
+    if constexpr (kSecond == Second::kInfinityNorm) {
+      vi = InfinityNorm(h, g[i], v[i]);
+    } else if constexpr (kSecond == Second::kBelief) {
+      vi = BeliefMoment<kFma>(h, g[i], mi, v[i]);
+    } else {
+      vi = SecondMoment<kFma>(h, g[i], v[i]);
+    }
     m[i] = mi;
     v[i] = vi;
     const float m_hat = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi);
@@ -74,6 +81,8 @@ __attribute__((always_inline)) inline void Dispatch(float* p, const float* g, fl
   constexpr Second kSquare = Second::kSquare, kInfinityNorm = Second::kInfinityNorm;
   if (x.second == Second::kRunningMax) {  // AMSGrad: no decay, no look-ahead
     Loop<kFma, false, false, Second::kRunningMax>(p, g, m, v, w, n, h);
+  } else if (x.second == Second::kBelief) {  // AdaBelief: no decay, no look-ahead (with one, it takes the chain)
+    Loop<kFma, false, false, Second::kBelief>(p, g, m, v, w, n, h);
   } else if (x.second == kInfinityNorm) {  // AdaMax has no look-ahead
     if (x.decay) {
       Loop<kFma, true, false, kInfinityNorm>(p, g, m, v, w, n, h);
@@ -169,9 +178,9 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm,
-                    int32_t amsgrad) {
+                    int32_t amsgrad, int32_t belief) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
-  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 12 scalars per problem");
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 13 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
   // Operand groups: params, grads, mu, nu [, AMSGrad's running maximum]; results: params, mu, nu [, maximum].
   const size_t groups = amsgrad ? 5 : 4, n = rets.size() / (groups - 1);
@@ -212,7 +221,10 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       total += part;
     }
   }
-  const Second second = amsgrad ? Second::kRunningMax : infinity_norm ? Second::kInfinityNorm : Second::kSquare;
+  const Second second = amsgrad         ? Second::kRunningMax
+                        : infinity_norm ? Second::kInfinityNorm
+                        : belief        ? Second::kBelief
+                                        : Second::kSquare;
   const Variant variant{decay != 0, nesterov != 0, second};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
@@ -244,4 +256,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .Attr<int32_t>("decay")
                                   .Attr<int32_t>("nesterov")
                                   .Attr<int32_t>("infinity_norm")
-                                  .Attr<int32_t>("amsgrad"));
+                                  .Attr<int32_t>("amsgrad")
+                                  .Attr<int32_t>("belief"));

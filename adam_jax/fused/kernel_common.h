@@ -36,18 +36,20 @@ enum Scalar {
   kNegLr,
   kNesterovM,
   kNesterovG,
+  kBeliefEps,  // AdaBelief's eps added to s_t every step (its scale_by_rms has eps_root 0)
   kNumScalars
 };
 
-static_assert(kNumScalars == 12, "the kernels' error messages say 12 scalars per problem");
+static_assert(kNumScalars == 13, "the kernels' error messages say 13 scalars per problem");
 
 struct Hyper {
-  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr, nesterov_m, nesterov_g;
+  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr, nesterov_m, nesterov_g, belief_eps;
 };
 
 inline Hyper ReadHyper(const float* s) {
-  return Hyper{s[kOneMinusB1], s[kB1], s[kOneMinusB2],  s[kB2],    s[kC1],         s[kC2],
-               s[kEpsRoot],    s[kEps], s[kWeightDecay], s[kNegLr], s[kNesterovM], s[kNesterovG]};
+  return Hyper{s[kOneMinusB1], s[kB1],        s[kOneMinusB2], s[kB2],         s[kC1],
+               s[kC2],         s[kEpsRoot],   s[kEps],        s[kWeightDecay], s[kNegLr],
+               s[kNesterovM],  s[kNesterovG], s[kBeliefEps]};
 }
 
 // The scalars of a batch of independent problems. Under jax.vmap the kernels are called with every operand
@@ -83,8 +85,18 @@ inline float SecondMoment(const Hyper& h, float g, float v) {
   return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
 }
 
+// AdaBelief's s_t = (1 - b2) (g_t - m_t)^2 + b2 s_{t-1} + eps (Zhuang et al. 2020, Algorithm 2), from the new m_t.
+// Here XLA fuses b2 s_{t-1}, the sum's second product (the first is a product of a product), unlike Adam's v_t.
+template <bool kFma>
+inline float BeliefMoment(const Hyper& h, float g, float m, float s) {
+  const float e = g - m;
+  return Fma<kFma>(h.b2, s, h.one_minus_b2 * (e * e)) + h.belief_eps;
+}
+
 // The corrected first moment: m_t r1 (Adam), or with Nesterov momentum NAdam's look-ahead
-// b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t) (Dozat 2016; adam_jax.nesterov_momentum).
+// b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t) (Dozat 2016; adam_jax.nesterov_momentum). XLA contracts one of
+// the two products into a fused multiply-add: c_m m_t in Adam's float32 chain, whatever the leaf's shape. (Not so
+// in AdaBelief's chain, nor in the 8-bit chain: there the product depends on the leaf, so those take the chain.)
 template <bool kFma, bool kNesterov>
 inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   if constexpr (kNesterov) {
@@ -94,9 +106,9 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   }
 }
 
-// What the direction divides by: Adam's EMA of squares v_t, AdaMax's exponentially weighted infinity norm u_t, or
-// AMSGrad's running maximum of the corrected v_t.
-enum class Second { kSquare, kInfinityNorm, kRunningMax };
+// What the direction divides by: Adam's EMA of squares v_t, AdaMax's exponentially weighted infinity norm u_t,
+// AMSGrad's running maximum of the corrected v_t, or AdaBelief's EMA of squared prediction errors s_t.
+enum class Second { kSquare, kInfinityNorm, kRunningMax, kBelief };
 
 // max(a, b) as XLA's maximum computes it: a NaN in either operand is the result, and +0 is above -0 (a review found a
 // warm state with u = -0 where returning b flipped the sign of an infinite step).

@@ -1,4 +1,4 @@
-r"""Adam, AdamW, NAdam, NAdamW, AdaMax, AdaMaxW and AMSGrad whose step can run as one fused pass over memory, in place.
+r"""The Adam family (Adam, AdamW, NAdam, NAdamW, AdaMax, AdaMaxW, AMSGrad, AdaBelief) with a fused, in-place step.
 
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
@@ -27,7 +27,8 @@ Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 o
 arrays, ``eps=0``, ``b1`` or ``b2`` given as exactly 0.5, a float64 hyperparameter under ``jax_enable_x64``, no
 kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is
 the chain's; with NAdam's look-ahead (``nesterov=True``) or AdaMax's infinity norm 8-bit leaves take the chain
-inside the kernels' step. AMSGrad's running maximum is a fourth operand of the float32 kernel (36 B/param).
+inside the kernels' step. AMSGrad's running maximum is a fourth operand of the float32 kernel (36 B/param);
+AdaBelief with the look-ahead runs the chain.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -106,17 +107,19 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _kernel_call(scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, infinity_norm: bool = False):
+def _kernel_call(
+    scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, infinity_norm: bool = False, belief: bool = False
+):
     """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``nesterov``: NAdam's
-    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu; ``w``
-    (one more list): AMSGrad's running maximum of the corrected nu."""
+    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu;
+    ``belief``: AdaBelief's s_t as nu; ``w`` (one more list): AMSGrad's running maximum of the corrected nu."""
     k = len(p)
     arrays = (p, g, m, v, *w)
     results = [0, 2, 3, 4][: len(arrays) - 1]  # the operand groups updated in place: all but the grads
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
     aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    flags = dict(decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w))
+    flags = dict(decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w), belief=belief)
     out = call(scalars, *(x for group in arrays for x in group), **{key: np.int32(on) for key, on in flags.items()})
     return tuple(out[r * k : (r + 1) * k] for r in range(len(results)))
 
@@ -202,30 +205,38 @@ def _kernel_kind(p, g, m, v) -> tuple | None:
     return ('f32',)
 
 
-# AMSGrad's chain is flat: scale_by_moments, bias_correct, max_second_moment, scale_by_rms, the learning rate.
-AMSGRAD_LENGTHS = (5,)
+class _Flat(NamedTuple):
+    """The state of a flat chain (AdaBelief's, AMSGrad's): ``length`` states, the moments first, the learning rate's
+    last, and AMSGrad's running maximum at ``running_max_at``. Adam's family nests its direction's chain instead:
+    its layout is the pair of lengths ``(outer, direction)``."""
+
+    length: int
+    running_max_at: int | None = None
 
 
-def _is_state(state: Any, lengths: tuple[int, ...]) -> bool:
-    """Whether ``state`` has the structure of this optimizer's: a chain of ``lengths[0]`` states whose first, the
-    direction's, is a chain of ``lengths[1]`` beginning with the moments (3 for Adam's, 4 with NAdam's look-ahead);
-    for AMSGrad (``AMSGRAD_LENGTHS``), a chain of five with the moments first and the running maximum third."""
-    if lengths == AMSGRAD_LENGTHS:
-        ok = isinstance(state, tuple) and len(state) == lengths[0] and isinstance(state[0], MomentsState)
-        return ok and isinstance(state[2], MaxSecondMomentState)
-    outer, direction = lengths
+def _is_state(state: Any, layout: tuple[int, int] | _Flat) -> bool:
+    """Whether ``state`` has the structure of this optimizer's: for ``(outer, direction)``, a chain of ``outer``
+    states whose first, the direction's, is a chain of ``direction`` beginning with the moments (3 for Adam's, 4
+    with NAdam's look-ahead); for a ``_Flat`` layout, a chain of its length beginning with the moments."""
+    if isinstance(layout, _Flat):
+        ok = isinstance(state, tuple) and len(state) == layout.length and isinstance(state[0], MomentsState)
+        at = layout.running_max_at
+        return ok and (at is None or isinstance(state[at], MaxSecondMomentState))
+    outer, direction = layout
     ok = isinstance(state, tuple) and len(state) == outer and isinstance(state[0], tuple) and len(state[0]) == direction
     return bool(ok) and isinstance(state[0][0], MomentsState)
 
 
-def _check_state(state: Any, lengths: tuple[int, ...], name: str) -> None:
+def _check_state(state: Any, layout: tuple[int, int] | _Flat, name: str) -> None:
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
-    if not _is_state(state, lengths):
-        if lengths == AMSGRAD_LENGTHS:
-            expected = 'a chain of 5 states: adam_jax.MomentsState first, adam_jax.MaxSecondMomentState third'
+    if not _is_state(state, layout):
+        if isinstance(layout, _Flat):
+            expected = f'a chain of {layout.length} states beginning with adam_jax.MomentsState'
+            if layout.running_max_at is not None:
+                expected += f', adam_jax.MaxSecondMomentState at index {layout.running_max_at}'
         else:
             expected = (
-                f'a chain of {lengths[0]} states beginning with a chain of {lengths[1]} that begins with '
+                f'a chain of {layout[0]} states beginning with a chain of {layout[1]} that begins with '
                 'adam_jax.MomentsState'
             )
         raise TypeError(
@@ -319,13 +330,14 @@ def _fused(
     corrections: tuple[bool, bool] = (True, True),
 ) -> FusedTransformation:
     """The fused optimizer. ``variant``: 'adam' (Adam, AdamW, with ``nesterov`` NAdam(W)), 'adamax' (AdaMax(W):
-    ``eps`` inside the max, no ``eps_root``) or 'amsgrad' (``corrections``: whether m and v are bias-corrected)."""
+    ``eps`` inside the max, no ``eps_root``), 'amsgrad' (``corrections``: whether m and v are bias-corrected) or
+    'adabelief' (``eps_root`` is added to s_t, and the root has none)."""
     _checks.check_bool('nesterov', nesterov)
     options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)  # as the chain's factories take them
-    if variant == 'adam':
+    if variant in ('adam', 'adabelief'):
         options['nesterov'] = nesterov
     correct_mu, correct_nu = corrections
-    infinity_norm, running_max = variant == 'adamax', variant == 'amsgrad'
+    infinity_norm, running_max, belief = variant == 'adamax', variant == 'amsgrad', variant == 'adabelief'
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
@@ -333,6 +345,8 @@ def _fused(
     traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
 
     def make_tx(mask, h=hyper):
+        if belief:
+            return aliases.adabelief(h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'], **options)
         if running_max:
             args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'], mu_dtype, correct_mu, correct_nu)
             return aliases.amsgrad(*args, nu_dtype=nu_dtype)
@@ -349,13 +363,15 @@ def _fused(
     tx = make_tx(mask)
     c2_used = correct_nu and not infinity_norm  # whether the kernel divides nu by 1 - b2^t
     name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
-    name, lengths = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
+    name, layout = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
     if infinity_norm:
         name = name.replace('adam', 'adamax')
-    if running_max:
-        name, lengths = 'amsgrad', AMSGRAD_LENGTHS
+    if running_max:  # scale_by_moments, bias_correct, max_second_moment, scale_by_rms, the learning rate
+        name, layout = 'amsgrad', _Flat(5, running_max_at=2)
+    if belief:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rms, the learning rate
+        name, layout = 'adabelief', _Flat(5 if nesterov else 4)
     kernels = {
-        'f32': functools.partial(_kernel_call, nesterov=nesterov, infinity_norm=infinity_norm),
+        'f32': functools.partial(_kernel_call, nesterov=nesterov, infinity_norm=infinity_norm, belief=belief),
         '8bit': _kernel8_call,
     }
 
@@ -369,14 +385,18 @@ def _fused(
 
     def unpack(state):
         """(moments, AMSGrad's running maxima or None, the learning rate's state) of a state of this chain."""
-        if running_max:
-            return state[0], state[2].nu_max, state[-1]
+        if isinstance(layout, _Flat):
+            at = layout.running_max_at
+            return state[0], None if at is None else state[at].nu_max, state[-1]
         return state[0][0], None, state[-1]
 
     def repack(state, moments, nu_max, lr_state):
         """``state`` with these moments, running maxima (AMSGrad) and learning rate state."""
-        if running_max:
-            return (moments, state[1], state[2]._replace(nu_max=nu_max), state[3], lr_state)
+        if isinstance(layout, _Flat):
+            new = [moments, *state[1:-1], lr_state]
+            if layout.running_max_at is not None:
+                new[layout.running_max_at] = state[layout.running_max_at]._replace(nu_max=nu_max)
+            return tuple(new)
         (_, *direction_rest), *middle, _ = state
         return ((moments, *direction_rest), *middle, lr_state)
 
@@ -423,12 +443,13 @@ def _fused(
                 # as correction.debias forms them; 1 where the chain does not correct (m * (1 / 1) is m exactly)
                 _f32(one_minus_power(b1, count, correction_dtype(jnp.float32)) if correct_mu else 1.0),
                 _f32(one_minus_power(b2, count, correction_dtype(jnp.float32)) if c2_used else 1.0),
-                _f32(eps_root),
+                _f32(0.0 if belief else eps_root),  # AdaBelief's eps_root is added to s_t, not under the root
                 _f32(eps),
                 _f32(wd),
                 _f32(neg_lr),
                 _f32(c_m),
                 _f32(c_g),
+                _f32(eps_root if belief else 0.0),
             ]
         )
         p, treedef = jax.tree.flatten(params)
@@ -501,6 +522,9 @@ def _fused(
             # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
             # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
             and not any(map(_is_known_half, (b1, b2)))
+            # AdaBelief with NAdam's look-ahead: XLA fuses c_g g_t or c_m m_t depending on the leaf's size and shape
+            # ((65543,) and some (k, 3) leaves one way, the rest the other): no one kernel order matches
+            and not (belief and nesterov)
             and not any(map(_widens_to_float64, (learning_rate, b1, b2, eps, eps_root, weight_decay)))
             and not _captures_tracers(learning_rate)
         ):
@@ -520,7 +544,7 @@ def _fused(
         return kernel
 
     def step(params, grads, state):
-        _check_state(state, lengths, name)
+        _check_state(state, layout, name)
         plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
@@ -530,7 +554,7 @@ def _fused(
     def update(grads, state, params=None, **extra_args):
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
         # decay the kernel reads no params: the grads stand in for them when none are given.
-        if extra_args or not _is_state(state, lengths):
+        if extra_args or not _is_state(state, layout):
             return tx.update(grads, state, params, **extra_args)  # (the chain's own errors for a foreign state)
         stand_in = grads if params is None and weight_decay is None else params
         plan = None if stand_in is None else kernel_plan(stand_in, grads, state)
@@ -721,3 +745,30 @@ def amsgrad(
     _checks.check_bool('bias_correction_nu', bias_correction_nu)
     corrections = (bool(bias_correction_mu), bool(bias_correction_nu))
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, False, 'amsgrad', corrections)
+
+
+def adabelief(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-16,
+    eps_root: chex.Numeric = 1e-16,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.adabelief` (Zhuang et al. 2020, Algorithm 2; ``optax.adabelief``) with a fused, in-place
+    ``step``.
+
+    .. math::
+
+       s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \quad
+       \theta_t = \theta_{t-1} - \alpha_t \frac{\hat m_t}{\sqrt{s_t / (1-\beta_2^t)} + \epsilon}
+
+    The same single pass as :func:`adam` (28 B/param): the prediction error needs only :math:`g_t` and the new
+    :math:`m_t`, which the pass holds. Moments must be float32 for the kernel (8-bit s_t is refused by the chain);
+    other storage runs the chain, and so does ``nesterov=True`` (NAdam's look-ahead, as :func:`adam_jax.adabelief`):
+    in that chain XLA fuses one or the other product of the look-ahead depending on the leaf's size and shape.
+    """
+    return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov, 'adabelief')
