@@ -110,6 +110,31 @@ def _first_tractable_step(b2: Any, threshold: Any, strict: bool) -> int | None:
     return None
 
 
+def rectifier(
+    b2: chex.Numeric,
+    count: chex.Array,
+    threshold: chex.Numeric,
+    strict: bool,
+    precise: bool,
+    wide: Any,
+    first: int | None = None,
+) -> tuple[chex.Array, chex.Array]:
+    r"""RAdam's ``(tractable, r_t)`` at step ``count`` (see :func:`scale_by_rectified_rms`), formed in the dtype
+    ``wide`` (float32 or wider); ``first``: the first tractable step found on the host, or None to compare
+    :math:`\rho_t` with the threshold. Shared by the chain and the fused kernel's scalars."""
+    # A Python b2 keeps rho_inf in double precision: in float32, 1 - 0.999 is off by 1.3e-5
+    # relative, which moves rho_inf by 0.026 and r_t visibly in the first steps.
+    rho_inf = 2 / (1 - b2) - 1
+    b2_t = power(b2, count, wide, precise)
+    rho_t = rho_inf - 2 * count * b2_t / one_minus_power(b2, count, wide, precise)
+    if first is not None:  # rho_t is increasing in t: the switch step, found in double precision
+        tractable = count >= first
+    else:
+        tractable = rho_t > threshold if strict else rho_t >= threshold
+    rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
+    return tractable, jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+
+
 def scale_by_rectified_rms(
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
@@ -155,20 +180,9 @@ def scale_by_rectified_rms(
         adaptive = _rms_direction(moments, eps, eps_root, eps_on_raw_nu)
         precise = moments.precise_corrections
         first = _first_tractable_step(moments.b2, threshold, strict) if precise else None  # once per update
-
-        @per_dtype
-        def rectification(wide):
-            # A Python b2 keeps rho_inf in double precision: in float32, 1 - 0.999 is off by 1.3e-5
-            # relative, which moves rho_inf by 0.026 and r_t visibly in the first steps.
-            rho_inf = 2 / (1 - moments.b2) - 1
-            b2_t = power(moments.b2, moments.count, wide, precise)
-            rho_t = rho_inf - 2 * moments.count * b2_t / one_minus_power(moments.b2, moments.count, wide, precise)
-            if first is not None:  # rho_t is increasing in t: the switch step, found in double precision
-                tractable = moments.count >= first
-            else:
-                tractable = rho_t > threshold if strict else rho_t >= threshold
-            rho = jnp.where(tractable, rho_t, rho_inf)  # r_t is only used where it is real
-            return tractable, jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        rectification = per_dtype(
+            lambda wide: rectifier(moments.b2, moments.count, threshold, strict, precise, wide, first)
+        )
 
         def direction(m, v, g):
             tractable, r_t = rectification(correction_dtype(v.dtype))

@@ -1,7 +1,7 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
 Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam] [--adamax] [--amsgrad]
-[--adabelief]``.
+[--adabelief] [--radam]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
@@ -16,8 +16,8 @@ each of its steps, which the pause after every step (``benchmarks.interleave.PAU
 ``--nadam`` adds ``optax.nadam``, ``adam_jax.nadam`` and ``adam_jax.fused.nadam(...).step`` to the same rounds
 (NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam); ``--adamax`` the same three for
 AdaMax (its infinity norm in the same pass); ``--amsgrad`` the same for AMSGrad (its running maximum is a fourth
-array: 36 B/param), and with ``--torch`` torch's fused ``Adam(amsgrad=True)`` too; ``--adabelief`` the same three for
-AdaBelief.
+array: 36 B/param), and with ``--torch`` torch's fused ``Adam(amsgrad=True)`` too; ``--adabelief`` and ``--radam`` the
+same three for AdaBelief and RAdam.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument(
         '--adabelief', action='store_true', help='also time AdaBelief: optax, the chain, the fused step'
     )
+    parser.add_argument('--radam', action='store_true', help='also time RAdam: optax, the chain, the fused step')
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -95,6 +96,7 @@ def main() -> None:
         'adamax': args.adamax,
         'amsgrad': args.amsgrad,
         'adabelief': args.adabelief,
+        'radam': args.radam,
     }
     optimizers = {}
     for family in (name for name, wanted in families.items() if wanted):

@@ -48,6 +48,11 @@ CASES = {
     ),
     'amsgrad': lambda: (fused.amsgrad(3e-2), optax.amsgrad(3e-2)),
     'adabelief': lambda: (fused.adabelief(3e-2), optax.adabelief(3e-2)),
+    'radam': lambda: (fused.radam(3e-2), optax.radam(3e-2)),
+    'radam-schedule-eps_root-threshold': lambda: (
+        fused.radam(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, threshold=6.0),
+        optax.radam(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9, threshold=6.0),
+    ),
     'adabelief-schedule-eps_root': lambda: (
         fused.adabelief(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
         optax.adabelief(optax.cosine_decay_schedule(3e-2, 60), b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
@@ -201,6 +206,7 @@ def test_same_array_as_params_and_grads():
         fused.adamaxw(1e-2, weight_decay=0.1),
         fused.amsgrad(1e-2),
         fused.adabelief(1e-2),
+        fused.radam(1e-2, b2=0.9),  # tractable from the third step
     ],
 )
 def test_one_element_leaves_are_bitwise_the_chain(opt):
@@ -561,8 +567,10 @@ def same_bits(a, b) -> bool:
         lambda: fused.adamaxw(1e-2, weight_decay=0.1),
         lambda: fused.amsgrad(1e-2),
         lambda: fused.adabelief(1e-2, eps_root=0.0),
+        lambda: fused.radam(1e-2, b2=0.9),  # count 3: the rectified step
+        lambda: fused.radam(1e-2),  # count 3: not yet tractable, SGD with momentum
     ],
-    ids=['adamw', 'nadam', 'adamax-eps0', 'adamaxw', 'amsgrad', 'adabelief'],
+    ids=['adamw', 'nadam', 'adamax-eps0', 'adamaxw', 'amsgrad', 'adabelief', 'radam-tractable', 'radam-momentum'],
 )
 def test_special_values_in_every_operand_are_bitwise_the_chain(make):
     # Every combination of +-0, +-denormal, +-1, +-inf and NaN as gradient, param, first and second moment (and
@@ -615,3 +623,37 @@ def test_amsgrad_special_values_with_its_own_running_maximum_are_bitwise_the_cha
     state = with_moments(opt, p, 3, m, v, nu_max=w)
     assert kernel_calls(opt.step, p, g, state) == 1
     assert same_bits(jax.jit(opt.step)(p, g, state), jax.jit(chain_step(opt))(p, g, state))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make,b2,threshold',
+    [
+        (lambda: fused.radam(optax.linear_schedule(3e-2, 1e-3, 5), b1=0.8, b2=0.8, eps=1e-6, eps_root=1e-9), 0.8, 5.0),
+        (lambda: fused.radam(1e-2, b2=0.9, threshold=6.0, nesterov=True), 0.9, 6.0),
+    ],
+    ids=['schedule-eps_root', 'nesterov-threshold'],
+)
+def test_radam_is_bitwise_the_chain_for_every_leaf_size_and_non_finite_gradients(make, b2, threshold):
+    # RAdam's direction, r_t m_hat / (sqrt(v_hat + eps_root) + eps) once rho_t reaches the threshold and m_hat before:
+    # r_t and the switch are two scalars of the step, formed by the chain's own rectifier; the steps here cross it.
+    _, state = sweep_against_the_chain(make(), seed=10, steps=8, non_finite_step=6)
+    switch = [bool(adam_jax.normalize.rectifier(b2, t, threshold, False, False, jnp.float32)[0]) for t in range(1, 9)]
+    assert not switch[0] and switch[-1] and int(state[0].count) == 8  # both kinds of step were taken
+
+
+@needs_kernel
+def test_a_decay_rate_whose_one_minus_rounds_to_one_runs_the_chain_and_states_are_told_apart():
+    # Review findings: with 0 < b < 3e-8, 1 - b is 1 in float32, XLA drops the multiply and fuses another product
+    # (AdaBelief's s_t: params up to 21 ulp off; Adam's m_t: 5608 ulp on near-cancelling values), so such a step is
+    # the chain; b = 0 keeps the kernel. And a flat state is told apart by where AMSGrad's running maximum sits.
+    params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=5000), jnp.float32)}
+    grads = jax.tree.map(lambda x: jnp.sin(7 * x), params)
+    for opt in (fused.adam(1e-2, b1=1e-8), fused.adabelief(1e-2, b2=1e-8), fused.adam(1e-2, b2=jnp.float32(2e-8))):
+        state = warm_state(opt, params, 3)
+        assert kernel_calls(opt.step, params, grads, state) == 0
+        assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    for opt in (fused.adam(1e-2, b1=0.0), fused.adabelief(1e-2, b2=3.1e-8)):
+        assert kernel_calls(opt.step, params, grads, warm_state(opt, params, 3)) == 1
+    with pytest.raises(TypeError, match=r'fused\.adabelief\(\.\.\.\)\.step needs the state'):
+        fused.adabelief(1e-2, nesterov=True).step(params, grads, fused.amsgrad(1e-2).init(params))

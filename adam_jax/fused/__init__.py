@@ -1,7 +1,8 @@
 """The fused Adam family: one in-place pass over memory per step on CPU (a C++ kernel through the XLA FFI).
 
-``adam_jax.fused.adam``, ``adamw``, ``nadam``, ``nadamw``, ``adamax``, ``adamaxw``, ``amsgrad`` and ``adabelief`` are
-the composed optimizers with a ``step`` that applies the update; :func:`status` says whether the kernel is in use.
+``adam_jax.fused.adam``, ``adamw``, ``nadam``, ``nadamw``, ``adamax``, ``adamaxw``, ``amsgrad``, ``adabelief`` and
+``radam`` are the composed optimizers with a ``step`` that applies the update; :func:`status` says whether the kernel
+is in use.
 """
 
 from adam_jax.fused._library import available, status
@@ -15,6 +16,7 @@ from adam_jax.fused.optimizer import (
     amsgrad,
     nadam,
     nadamw,
+    radam,
 )
 
 __all__ = [
@@ -28,5 +30,6 @@ __all__ = [
     'available',
     'nadam',
     'nadamw',
+    'radam',
     'status',
 ]

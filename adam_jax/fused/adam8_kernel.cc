@@ -522,7 +522,7 @@ ffi::Error Adam8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::B
                      ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t decay, int32_t block_size,
                      int32_t updates) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
-  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 13 scalars per problem");
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused 8-bit Adam: expected 15 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
   if (maps.element_count() % kMapFloats != 0 || maps.element_count() == 0) {  // one copy per problem under vmap
     return ffi::Error::InvalidArgument(

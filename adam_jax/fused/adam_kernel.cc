@@ -11,6 +11,7 @@
 //       (AdaMax, infinity_norm=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
 //       (AMSGrad, amsgrad=1: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
 //       (AdaBelief, belief=1: v is s = fma(b2, s, (1 - b2) ((g - m) (g - m))) + belief_eps, with the new m)
+//       (RAdam, rectified=1: d = tractable ? r_t d : m r1, r_t and tractable from the caller)
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -83,6 +84,12 @@ __attribute__((always_inline)) inline void Dispatch(float* p, const float* g, fl
     Loop<kFma, false, false, Second::kRunningMax>(p, g, m, v, w, n, h);
   } else if (x.second == Second::kBelief) {  // AdaBelief: no decay, no look-ahead (with one, it takes the chain)
     Loop<kFma, false, false, Second::kBelief>(p, g, m, v, w, n, h);
+  } else if (x.second == Second::kRectified) {  // RAdam: no decay
+    if (x.nesterov) {
+      Loop<kFma, false, true, Second::kRectified>(p, g, m, v, w, n, h);
+    } else {
+      Loop<kFma, false, false, Second::kRectified>(p, g, m, v, w, n, h);
+    }
   } else if (x.second == kInfinityNorm) {  // AdaMax has no look-ahead
     if (x.decay) {
       Loop<kFma, true, false, kInfinityNorm>(p, g, m, v, w, n, h);
@@ -178,9 +185,9 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm,
-                    int32_t amsgrad, int32_t belief) {
+                    int32_t amsgrad, int32_t belief, int32_t rectified) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
-  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 13 scalars per problem");
+  if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 15 scalars per problem");
   const int64_t batch = static_cast<int64_t>(hypers.size());
   // Operand groups: params, grads, mu, nu [, AMSGrad's running maximum]; results: params, mu, nu [, maximum].
   const size_t groups = amsgrad ? 5 : 4, n = rets.size() / (groups - 1);
@@ -224,6 +231,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   const Second second = amsgrad         ? Second::kRunningMax
                         : infinity_norm ? Second::kInfinityNorm
                         : belief        ? Second::kBelief
+                        : rectified     ? Second::kRectified
                                         : Second::kSquare;
   const Variant variant{decay != 0, nesterov != 0, second};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
@@ -257,4 +265,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .Attr<int32_t>("nesterov")
                                   .Attr<int32_t>("infinity_norm")
                                   .Attr<int32_t>("amsgrad")
-                                  .Attr<int32_t>("belief"));
+                                  .Attr<int32_t>("belief")
+                                  .Attr<int32_t>("rectified"));

@@ -36,20 +36,23 @@ enum Scalar {
   kNegLr,
   kNesterovM,
   kNesterovG,
-  kBeliefEps,  // AdaBelief's eps added to s_t every step (its scale_by_rms has eps_root 0)
+  kBeliefEps,      // AdaBelief's eps added to s_t every step (its scale_by_rms has eps_root 0)
+  kRectification,  // RAdam's r_t, and whether the step is tractable (1) or SGD with momentum (0)
+  kTractable,
   kNumScalars
 };
 
-static_assert(kNumScalars == 13, "the kernels' error messages say 13 scalars per problem");
+static_assert(kNumScalars == 15, "the kernels' error messages say 15 scalars per problem");
 
 struct Hyper {
-  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr, nesterov_m, nesterov_g, belief_eps;
+  float one_minus_b1, b1, one_minus_b2, b2, c1, c2, eps_root, eps, wd, neg_lr, nesterov_m, nesterov_g, belief_eps,
+      rectification, tractable;
 };
 
 inline Hyper ReadHyper(const float* s) {
-  return Hyper{s[kOneMinusB1], s[kB1],        s[kOneMinusB2], s[kB2],         s[kC1],
-               s[kC2],         s[kEpsRoot],   s[kEps],        s[kWeightDecay], s[kNegLr],
-               s[kNesterovM],  s[kNesterovG], s[kBeliefEps]};
+  return Hyper{s[kOneMinusB1], s[kB1],          s[kOneMinusB2], s[kB2],         s[kC1],
+               s[kC2],         s[kEpsRoot],     s[kEps],        s[kWeightDecay], s[kNegLr],
+               s[kNesterovM],  s[kNesterovG],   s[kBeliefEps],  s[kRectification], s[kTractable]};
 }
 
 // The scalars of a batch of independent problems. Under jax.vmap the kernels are called with every operand
@@ -107,8 +110,9 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
 }
 
 // What the direction divides by: Adam's EMA of squares v_t, AdaMax's exponentially weighted infinity norm u_t,
-// AMSGrad's running maximum of the corrected v_t, or AdaBelief's EMA of squared prediction errors s_t.
-enum class Second { kSquare, kInfinityNorm, kRunningMax, kBelief };
+// AMSGrad's running maximum of the corrected v_t, AdaBelief's EMA of squared prediction errors s_t, or Adam's v_t
+// under RAdam's rectified direction.
+enum class Second { kSquare, kInfinityNorm, kRunningMax, kBelief, kRectified };
 
 // max(a, b) as XLA's maximum computes it: a NaN in either operand is the result, and +0 is above -0 (a review found a
 // warm state with u = -0 where returning b flipped the sign of an infinite step).
@@ -130,6 +134,9 @@ inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) 
   float d;
   if constexpr (kSecond == Second::kInfinityNorm) {
     d = m_hat / v;
+  } else if constexpr (kSecond == Second::kRectified) {  // RAdam: r_t times Adam's direction, or m_hat alone
+    const float adaptive = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
+    d = h.tractable != 0.0f ? h.rectification * adaptive : m_hat;
   } else {
     d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   }

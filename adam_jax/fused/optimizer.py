@@ -1,4 +1,4 @@
-r"""The Adam family (Adam, AdamW, NAdam, NAdamW, AdaMax, AdaMaxW, AMSGrad, AdaBelief) with a fused, in-place step.
+r"""The Adam family (Adam(W), NAdam(W), AdaMax(W), AMSGrad, AdaBelief, RAdam) with a fused, in-place step.
 
 An Adam step reads :math:`\theta, g, m, v` and writes :math:`\theta, m, v`: 28 bytes per float32
 parameter. XLA's CPU backend splits the composed chain into three loops per leaf (about 40 B/param) and
@@ -75,6 +75,7 @@ from adam_jax.correction import (
 )
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
+from adam_jax.normalize import rectifier
 
 # Under jax.vmap the kernels get every operand with the batch axis in front and treat each batch element as
 # its own problem (its own scalars: step count, learning rate), in the same single pass.
@@ -108,18 +109,31 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
 
 
 def _kernel_call(
-    scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, infinity_norm: bool = False, belief: bool = False
+    scalars,
+    p,
+    g,
+    m,
+    v,
+    *w,
+    decay: bool,
+    nesterov: bool = False,
+    infinity_norm: bool = False,
+    belief: bool = False,
+    rectified: bool = False,
 ):
     """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``nesterov``: NAdam's
     look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu;
-    ``belief``: AdaBelief's s_t as nu; ``w`` (one more list): AMSGrad's running maximum of the corrected nu."""
+    ``belief``: AdaBelief's s_t as nu; ``rectified``: RAdam's direction (r_t and whether the step is tractable are
+    in ``scalars``); ``w`` (one more list): AMSGrad's running maximum of the corrected nu."""
     k = len(p)
     arrays = (p, g, m, v, *w)
     results = [0, 2, 3, 4][: len(arrays) - 1]  # the operand groups updated in place: all but the grads
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
     aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    flags = dict(decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w), belief=belief)
+    flags = dict(
+        decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w), belief=belief, rectified=rectified
+    )
     out = call(scalars, *(x for group in arrays for x in group), **{key: np.int32(on) for key, on in flags.items()})
     return tuple(out[r * k : (r + 1) * k] for r in range(len(results)))
 
@@ -172,7 +186,7 @@ def _leaf_kind(p, g, m, v, *w, nesterov: bool, variant: str) -> tuple | None:
         return None
     if w and not (kind == ('f32',) and getattr(w[0], 'dtype', None) == jnp.float32 and w[0].shape == p.shape):
         return None
-    if variant == 'adamax' and kind[0] == '8bit':  # AdaMax's u_t is in the float32 kernel only
+    if variant != 'adam' and kind[0] == '8bit':  # the 8-bit kernel has Adam's direction only
         return ('chain',)
     # NAdam's look-ahead c_m m_t + c_g g_t: XLA fuses one of the two products into an fma, c_m m_t in the float32
     # chain (every shape tried by the tests and a review), but in the 8-bit chain the one it fuses depends on the
@@ -221,7 +235,8 @@ def _is_state(state: Any, layout: tuple[int, int] | _Flat) -> bool:
     if isinstance(layout, _Flat):
         ok = isinstance(state, tuple) and len(state) == layout.length and isinstance(state[0], MomentsState)
         at = layout.running_max_at
-        return ok and (at is None or isinstance(state[at], MaxSecondMomentState))
+        maxima = [i for i, s in enumerate(state) if isinstance(s, MaxSecondMomentState)] if ok else []
+        return ok and maxima == ([] if at is None else [at])
     outer, direction = layout
     ok = isinstance(state, tuple) and len(state) == outer and isinstance(state[0], tuple) and len(state[0]) == direction
     return bool(ok) and isinstance(state[0][0], MomentsState)
@@ -285,6 +300,16 @@ def _is_known_half(value: Any) -> bool:
     return array is not None and array.ndim == 0 and np.float32(array) == np.float32(0.5)
 
 
+def _one_minus_rounds_to_one(value: Any) -> bool:
+    """Whether a concrete decay rate b > 0 is so small that 1 - b is 1 in float32 (b below about 3e-8): XLA then drops
+    the multiply by 1 - b and fuses another product than the kernels do (found by review: AdaBelief's s_t, Adam's
+    m_t)."""
+    array = _checks.concrete(value)
+    if array is None or array.ndim or not float(array) > 0:
+        return False
+    return np.float32(1.0 - float(array)) == 1 or np.float32(1) - np.float32(array) == 1
+
+
 def _widens_to_float64(value: Any) -> bool:
     """Whether a hyperparameter makes the chain compute in float64: with ``jax_enable_x64`` on, a strongly typed
     float64 value (a NumPy float64, a float64 array that is not weakly typed) promotes the float32 arithmetic
@@ -328,23 +353,30 @@ def _fused(
     nesterov,
     variant: str = 'adam',
     corrections: tuple[bool, bool] = (True, True),
+    threshold: chex.Numeric = 5.0,
 ) -> FusedTransformation:
     """The fused optimizer. ``variant``: 'adam' (Adam, AdamW, with ``nesterov`` NAdam(W)), 'adamax' (AdaMax(W):
-    ``eps`` inside the max, no ``eps_root``), 'amsgrad' (``corrections``: whether m and v are bias-corrected) or
-    'adabelief' (``eps_root`` is added to s_t, and the root has none)."""
+    ``eps`` inside the max, no ``eps_root``), 'amsgrad' (``corrections``: whether m and v are bias-corrected),
+    'adabelief' (``eps_root`` is added to s_t, and the root has none) or 'radam' (``threshold`` on rho_t)."""
     _checks.check_bool('nesterov', nesterov)
     options = dict(mu_dtype=mu_dtype, nu_dtype=nu_dtype)  # as the chain's factories take them
-    if variant in ('adam', 'adabelief'):
+    if variant in ('adam', 'adabelief', 'radam'):
         options['nesterov'] = nesterov
     correct_mu, correct_nu = corrections
     infinity_norm, running_max, belief = variant == 'adamax', variant == 'amsgrad', variant == 'adabelief'
+    rectified = variant == 'radam'
     # The hyperparameters, by name. `update` passes the traced ones (as from optax.inject_hyperparams) as explicit
     # operands of its custom_jvp, so that derivatives with respect to them reach its rule; known values stay
     # constants, as they are in the chain.
     hyper = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+    if rectified:
+        hyper['threshold'] = threshold
     traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
 
     def make_tx(mask, h=hyper):
+        if rectified:
+            args = (h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'], h['threshold'])
+            return aliases.radam(*args, **options)
         if belief:
             return aliases.adabelief(h['learning_rate'], h['b1'], h['b2'], h['eps'], h['eps_root'], **options)
         if running_max:
@@ -370,8 +402,12 @@ def _fused(
         name, layout = 'amsgrad', _Flat(5, running_max_at=2)
     if belief:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rms, the learning rate
         name, layout = 'adabelief', _Flat(5 if nesterov else 4)
+    if rectified:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rectified_rms, the learning rate
+        name, layout = 'radam', _Flat(5 if nesterov else 4)
     kernels = {
-        'f32': functools.partial(_kernel_call, nesterov=nesterov, infinity_norm=infinity_norm, belief=belief),
+        'f32': functools.partial(
+            _kernel_call, nesterov=nesterov, infinity_norm=infinity_norm, belief=belief, rectified=rectified
+        ),
         '8bit': _kernel8_call,
     }
 
@@ -434,6 +470,9 @@ def _fused(
             check_correctable('b2', b2, params, False)
         # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
         c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
+        # RAdam's rectification, formed as scale_by_rectified_rms forms it for float32 moments
+        wide = correction_dtype(jnp.float32)
+        tractable, r_t = rectifier(b2, count, h['threshold'], False, False, wide) if rectified else (False, 0.0)
         scalars = jnp.stack(
             [
                 _f32(1 - b1),
@@ -450,6 +489,8 @@ def _fused(
                 _f32(c_m),
                 _f32(c_g),
                 _f32(eps_root if belief else 0.0),
+                _f32(r_t),
+                _f32(tractable),
             ]
         )
         p, treedef = jax.tree.flatten(params)
@@ -522,6 +563,7 @@ def _fused(
             # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
             # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
             and not any(map(_is_known_half, (b1, b2)))
+            and not any(map(_one_minus_rounds_to_one, (b1, b2)))
             # AdaBelief with NAdam's look-ahead: XLA fuses c_g g_t or c_m m_t depending on the leaf's size and shape
             # ((65543,) and some (k, 3) leaves one way, the rest the other): no one kernel order matches
             and not (belief and nesterov)
@@ -772,3 +814,31 @@ def adabelief(
     in that chain XLA fuses one or the other product of the look-ahead depending on the leaf's size and shape.
     """
     return _fused(learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov, 'adabelief')
+
+
+def radam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    eps_root: chex.Numeric = 0.0,
+    threshold: chex.Numeric = 5.0,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+) -> FusedTransformation:
+    r""":func:`adam_jax.radam` (Liu et al. 2020; ``optax.radam``) with a fused, in-place ``step``.
+
+    .. math::
+
+       \theta_t = \theta_{t-1} - \alpha_t \begin{cases} r_t \, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}}
+       + \epsilon) & \rho_t \ge \text{threshold} \\ \hat m_t & \text{otherwise} \end{cases}
+
+    The same single pass as :func:`adam` (28 B/param): :math:`r_t` and whether the step is tractable are two
+    scalars of the step, formed by the function the chain uses (:func:`adam_jax.normalize.rectifier`). Moments must
+    be float32 for the kernel; 8-bit moments take the chain, inside the same jitted step.
+    """
+    return _fused(
+        learning_rate, b1, b2, eps, eps_root, None, None, mu_dtype, nu_dtype, nesterov, 'radam', threshold=threshold
+    )
