@@ -657,3 +657,23 @@ def test_a_decay_rate_whose_one_minus_rounds_to_one_runs_the_chain_and_states_ar
         assert kernel_calls(opt.step, params, grads, warm_state(opt, params, 3)) == 1
     with pytest.raises(TypeError, match=r'fused\.adabelief\(\.\.\.\)\.step needs the state'):
         fused.adabelief(1e-2, nesterov=True).step(params, grads, fused.amsgrad(1e-2).init(params))
+
+
+@needs_kernel
+def test_radam_with_a_known_unit_learning_rate_runs_the_chain():
+    # Review finding: with lr = +-1 known to XLA, LLVM drops the multiply by -lr and fuses RAdam's last product into
+    # the params' add (up to 174 ulp in 30% of params); such a step is the chain. A traced 1.0 keeps the kernel.
+    params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=1000), jnp.float32)}
+    grads = jax.tree.map(lambda x: jnp.sin(7 * x), params)
+    for lr in (1.0, -1.0, jnp.float32(1.0), optax.constant_schedule(1.0)):
+        opt = fused.radam(lr, b2=0.9)
+        for count in (3, 7):  # before and after the switch
+            state = warm_state(opt, params, count)
+            assert kernel_calls(opt.step, params, grads, state) == 0
+            assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    opt = fused.radam(optax.linear_schedule(1.0, 0.5, 10), b2=0.9)  # its value depends on the traced count
+    assert kernel_calls(opt.step, params, grads, warm_state(opt, params, 7)) == 1
+    traced = jax.jit(lambda lr, p, g, s: fused.radam(lr, b2=0.9).step(p, g, s))
+    state = warm_state(fused.radam(1.0, b2=0.9), params, 7)
+    want = jax.jit(chain_step(fused.radam(1.0, b2=0.9)))(params, grads, state)
+    assert max_abs_diff(traced(jnp.float32(1.0), params, grads, state), want) < 1e-6

@@ -300,6 +300,18 @@ def _is_known_half(value: Any) -> bool:
     return array is not None and array.ndim == 0 and np.float32(array) == np.float32(0.5)
 
 
+def _is_unit_rate(learning_rate: Any, lr_state: Any) -> bool:
+    """Whether the learning rate of this step is a known +-1: a number, or a schedule that returns a concrete value
+    (``optax.constant_schedule(1.0)``) at the step's count."""
+    if callable(learning_rate):
+        try:
+            learning_rate = learning_rate(lr_state.count)
+        except Exception:  # a schedule the chain will call anyway: let it raise there
+            return False
+    array = _checks.concrete(learning_rate)
+    return array is not None and array.ndim == 0 and abs(float(array)) == 1
+
+
 def _one_minus_rounds_to_one(value: Any) -> bool:
     """Whether a concrete decay rate b > 0 is so small that 1 - b is 1 in float32 (b below about 3e-8): XLA then drops
     the multiply by 1 - b and fuses another product than the kernels do (found by review: AdaBelief's s_t, Adam's
@@ -544,7 +556,7 @@ def _fused(
 
     def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
         """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
-        moments, nu_max, _ = unpack(state)
+        moments, nu_max, lr_state = unpack(state)
         flags = decay_flags(params)
         kinds = None
         trees = (params, grads, moments.mu, moments.nu, *([nu_max] if running_max else []))
@@ -564,6 +576,9 @@ def _fused(
             # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
             and not any(map(_is_known_half, (b1, b2)))
             and not any(map(_one_minus_rounds_to_one, (b1, b2)))
+            # RAdam's direction ends in a product (r_t q, or m (1 / c1) before the switch): with a known learning rate
+            # of +-1 LLVM drops the multiply by -lr and fuses that product into the params' add (found by review)
+            and not (rectified and _is_unit_rate(learning_rate, lr_state))
             # AdaBelief with NAdam's look-ahead: XLA fuses c_g g_t or c_m m_t depending on the leaf's size and shape
             # ((65543,) and some (k, 3) leaves one way, the rest the other): no one kernel order matches
             and not (belief and nesterov)
