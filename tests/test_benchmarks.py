@@ -66,7 +66,8 @@ def test_smoke_run_writes_table_and_json(tmp_path):
 
 def test_fusions_report_names_what_each_step_compiles_to():
     done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3', '--torch'],
+        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3', '--torch', '--amsgrad']
+        + ['--nadam', '--adamax', '--adabelief', '--radam'],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -83,6 +84,25 @@ def test_fusions_report_names_what_each_step_compiles_to():
     assert 'custom-call' not in optax_section and 'fusion, kind=kLoop' in optax_section
     for name in ('optax.adam', 'adam_jax.adam', 'adam_jax.fused.adam(...).step', 'torch.optim.Adam(fused=True)'):
         assert f'{name}: median ' in out
+    for family in ('nadam', 'adamax', 'amsgrad', 'adabelief', 'radam'):  # every fused family member, one call each
+        section = next(s for s in sections if s.startswith(f'adam_jax.fused.{family}(...).step:'))
+        assert section.count('custom-call adam_jax_fused_adam') == _library.available(), section
+    assert 'torch.optim.Adam(fused=True, amsgrad=True): median ' in out and 'at 36 B/param' in out
+
+
+def test_shape_sweep_finds_no_differing_element():
+    # The wide bitwise sweep (169 leaf shapes) for one optimizer, one step each: RAdam with the look-ahead (its first
+    # step is on the momentum side of the switch; the tests above cross it).
+    done = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.shape_sweep', '--optimizers', 'radam-nesterov', '--steps', '1'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'radam-nesterov: 0 differing elements' in done.stdout, done.stdout[-2000:]
 
 
 def test_lean_state_prints_every_state_kind_with_bursts():

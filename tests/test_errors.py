@@ -342,6 +342,9 @@ def test_a_decay_rate_that_rounds_to_one_in_float32_is_refused_where_the_correct
         updates, _ = opt.update(params, opt.init(params), params)
         np.testing.assert_allclose(np.asarray(updates), -1e-3, rtol=1e-3)
     opt = fused.adamax(1e-3, b2=0.99999999)  # its kernel step forms no 1 - b2^t either
+    if fused.available():
+        text = jax.jit(opt.step).lower(params, params, opt.init(params)).as_text()
+        assert text.count('custom_call @adam_jax_fused_adam(') == 1
     new_params, _ = jax.jit(opt.step)(params, params, opt.init(params))
     np.testing.assert_allclose(np.asarray(new_params), 1 - 1e-3, rtol=1e-6)
 

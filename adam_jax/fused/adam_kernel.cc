@@ -1,5 +1,5 @@
-// One pass of Adam / AdamW (and NAdam, AdaMax) over every fp32 leaf of a parameter tree, called from JAX through
-// the XLA FFI.
+// One pass of the Adam family (Adam, AdamW, NAdam(W), AdaMax(W), AMSGrad, AdaBelief, RAdam) over every fp32 leaf of
+// a parameter tree, called from JAX through the XLA FFI.
 //
 // Per element, the composed chain scale_by_moments -> bias_correct -> scale_by_rms -> [decoupled_decay]
 // -> scale_by_learning_rate -> optax.apply_updates (Kingma & Ba 2014, Algorithm 1; Loshchilov & Hutter
@@ -8,10 +8,10 @@
 //   m = fma(1 - b1, g, b1 m)          v = fma(1 - b2, g g, b2 v)
 //   d = (m r1) / (sqrt(fma(v, r2, eps_root)) + eps)       r_i = 1 / (1 - b_i^t); 1 - b_i^t from the caller
 //       (NAdam, nesterov=1: m r1 is fma(c_m, m, c_g g), c_m = b1 / (1 - b1^(t+1)), c_g = (1 - b1) / (1 - b1^t))
-//       (AdaMax, infinity_norm=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
-//       (AMSGrad, amsgrad=1: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
-//       (AdaBelief, belief=1: v is s = fma(b2, s, (1 - b2) ((g - m) (g - m))) + belief_eps, with the new m)
-//       (RAdam, rectified=1: d = tractable ? r_t d : m r1, r_t and tractable from the caller)
+//       (AdaMax, family=1: v is u = max(|g| + eps, b2 u), NaN from either side, and d = (m r1) / u)
+//       (AMSGrad, family=2: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
+//       (AdaBelief, family=3: v is s = fma(b2, s, (1 - b2) ((g - m) (g - m))) + belief_eps, with the new m)
+//       (RAdam, family=4: d = tractable ? r_t d : m r1, r_t and tractable from the caller)
 //   d = fma(wd, p, d)                                     (AdamW only)
 //   p = fma(-lr, d, p)
 //
@@ -38,7 +38,7 @@ using namespace adam_jax_kernel;
 
 namespace {
 
-template <bool kFma, bool kDecay, bool kNesterov, Second kSecond>
+template <bool kFma, bool kDecay, bool kNesterov, Family kFamily>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
                                                 float* __restrict m, float* __restrict v, float* __restrict w,
                                                 int64_t n, const Hyper h) {
@@ -46,9 +46,9 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
     float vi;
-    if constexpr (kSecond == Second::kInfinityNorm) {
+    if constexpr (kFamily == Family::kAdaMax) {
       vi = InfinityNorm(h, g[i], v[i]);
-    } else if constexpr (kSecond == Second::kBelief) {
+    } else if constexpr (kFamily == Family::kAdaBelief) {
       vi = BeliefMoment<kFma>(h, g[i], mi, v[i]);
     } else {
       vi = SecondMoment<kFma>(h, g[i], v[i]);
@@ -56,20 +56,20 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     m[i] = mi;
     v[i] = vi;
     const float m_hat = CorrectedFirstMoment<kFma, kNesterov>(h, r1, g[i], mi);
-    if constexpr (kSecond == Second::kRunningMax) {
+    if constexpr (kFamily == Family::kAmsgrad) {
       const float wi = MaxOrNan(vi * r2, w[i]);  // the running maximum of the corrected v_t
       w[i] = wi;
       p[i] = NewParam<kFma, kDecay>(h, 1.0f, p[i], m_hat, wi);  // corrected already: fma(w, 1, e) is w + e
     } else {
-      p[i] = NewParam<kFma, kDecay, kSecond>(h, r2, p[i], m_hat, vi);
+      p[i] = NewParam<kFma, kDecay, kFamily>(h, r2, p[i], m_hat, vi);
     }
   }
 }
 
-// The step's variant: AdamW's decoupled decay, NAdam's look-ahead first moment, what the direction divides by.
+// The step's variant: the family member, AdamW's decoupled decay, NAdam's look-ahead first moment.
 struct Variant {
   bool decay, nesterov;
-  Second second;
+  Family family;
 };
 
 using LoopFn = void (*)(float*, const float*, float*, float*, float*, int64_t, const Hyper, Variant);
@@ -79,33 +79,33 @@ using LoopFn = void (*)(float*, const float*, float*, float*, float*, int64_t, c
 template <bool kFma>
 __attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, float* w,
                                                     int64_t n, const Hyper h, Variant x) {
-  constexpr Second kSquare = Second::kSquare, kInfinityNorm = Second::kInfinityNorm;
-  if (x.second == Second::kRunningMax) {  // AMSGrad: no decay, no look-ahead
-    Loop<kFma, false, false, Second::kRunningMax>(p, g, m, v, w, n, h);
-  } else if (x.second == Second::kBelief) {  // AdaBelief: no decay, no look-ahead (with one, it takes the chain)
-    Loop<kFma, false, false, Second::kBelief>(p, g, m, v, w, n, h);
-  } else if (x.second == Second::kRectified) {  // RAdam: no decay
+  constexpr Family kAdam = Family::kAdam, kAdaMax = Family::kAdaMax;
+  if (x.family == Family::kAmsgrad) {  // AMSGrad: no decay, no look-ahead
+    Loop<kFma, false, false, Family::kAmsgrad>(p, g, m, v, w, n, h);
+  } else if (x.family == Family::kAdaBelief) {  // AdaBelief: no decay, no look-ahead (with one, it takes the chain)
+    Loop<kFma, false, false, Family::kAdaBelief>(p, g, m, v, w, n, h);
+  } else if (x.family == Family::kRAdam) {  // RAdam: no decay
     if (x.nesterov) {
-      Loop<kFma, false, true, Second::kRectified>(p, g, m, v, w, n, h);
+      Loop<kFma, false, true, Family::kRAdam>(p, g, m, v, w, n, h);
     } else {
-      Loop<kFma, false, false, Second::kRectified>(p, g, m, v, w, n, h);
+      Loop<kFma, false, false, Family::kRAdam>(p, g, m, v, w, n, h);
     }
-  } else if (x.second == kInfinityNorm) {  // AdaMax has no look-ahead
+  } else if (x.family == kAdaMax) {  // AdaMax has no look-ahead
     if (x.decay) {
-      Loop<kFma, true, false, kInfinityNorm>(p, g, m, v, w, n, h);
+      Loop<kFma, true, false, kAdaMax>(p, g, m, v, w, n, h);
     } else {
-      Loop<kFma, false, false, kInfinityNorm>(p, g, m, v, w, n, h);
+      Loop<kFma, false, false, kAdaMax>(p, g, m, v, w, n, h);
     }
   } else if (x.nesterov) {
     if (x.decay) {
-      Loop<kFma, true, true, kSquare>(p, g, m, v, w, n, h);
+      Loop<kFma, true, true, kAdam>(p, g, m, v, w, n, h);
     } else {
-      Loop<kFma, false, true, kSquare>(p, g, m, v, w, n, h);
+      Loop<kFma, false, true, kAdam>(p, g, m, v, w, n, h);
     }
   } else if (x.decay) {
-    Loop<kFma, true, false, kSquare>(p, g, m, v, w, n, h);
+    Loop<kFma, true, false, kAdam>(p, g, m, v, w, n, h);
   } else {
-    Loop<kFma, false, false, kSquare>(p, g, m, v, w, n, h);
+    Loop<kFma, false, false, kAdam>(p, g, m, v, w, n, h);
   }
 }
 
@@ -184,10 +184,19 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
 }
 
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t infinity_norm,
-                    int32_t amsgrad, int32_t belief, int32_t rectified) {
+                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t family_id) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 15 scalars per problem");
+  // The variants the loops have: decay for Adam and AdaMax, the look-ahead for Adam and RAdam.
+  if (family_id < 0 || family_id > static_cast<int32_t>(Family::kRAdam)) {
+    return ffi::Error::InvalidArgument("adam_jax fused Adam: family must be 0 to 4");
+  }
+  const Family family = static_cast<Family>(family_id);
+  if ((decay && family != Family::kAdam && family != Family::kAdaMax) ||
+      (nesterov && family != Family::kAdam && family != Family::kRAdam)) {
+    return ffi::Error::InvalidArgument("adam_jax fused Adam: no loop for this family with decay / the look-ahead");
+  }
+  const bool amsgrad = family == Family::kAmsgrad;
   const int64_t batch = static_cast<int64_t>(hypers.size());
   // Operand groups: params, grads, mu, nu [, AMSGrad's running maximum]; results: params, mu, nu [, maximum].
   const size_t groups = amsgrad ? 5 : 4, n = rets.size() / (groups - 1);
@@ -199,12 +208,10 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   leaves.reserve(n * batch);
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
-    ffi::AnyBuffer in[5] = {*args.get<ffi::AnyBuffer>(i), *args.get<ffi::AnyBuffer>(n + i),
-                            *args.get<ffi::AnyBuffer>(2 * n + i), *args.get<ffi::AnyBuffer>(3 * n + i),
-                            *args.get<ffi::AnyBuffer>((groups - 1) * n + i)};  // the last group (nu if not AMSGrad)
-    ffi::Result<ffi::AnyBuffer> out[4] = {*rets.get<ffi::AnyBuffer>(i), *rets.get<ffi::AnyBuffer>(n + i),
-                                          *rets.get<ffi::AnyBuffer>(2 * n + i),
-                                          *rets.get<ffi::AnyBuffer>((groups - 2) * n + i)};
+    std::vector<ffi::AnyBuffer> in;
+    std::vector<ffi::Result<ffi::AnyBuffer>> out;
+    for (size_t k = 0; k < groups; ++k) in.push_back(*args.get<ffi::AnyBuffer>(k * n + i));
+    for (size_t k = 0; k + 1 < groups; ++k) out.push_back(*rets.get<ffi::AnyBuffer>(k * n + i));
     const int64_t size = static_cast<int64_t>(in[0].element_count());
     for (const auto& b : in) {
       if (b.element_type() != ffi::F32 || static_cast<int64_t>(b.element_count()) != size) {
@@ -228,12 +235,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       total += part;
     }
   }
-  const Second second = amsgrad         ? Second::kRunningMax
-                        : infinity_norm ? Second::kInfinityNorm
-                        : belief        ? Second::kBelief
-                        : rectified     ? Second::kRectified
-                                        : Second::kSquare;
-  const Variant variant{decay != 0, nesterov != 0, second};
+  const Variant variant{decay != 0, nesterov != 0, family};
   // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
   ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
     const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
@@ -263,7 +265,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
                                   .Attr<int32_t>("nesterov")
-                                  .Attr<int32_t>("infinity_norm")
-                                  .Attr<int32_t>("amsgrad")
-                                  .Attr<int32_t>("belief")
-                                  .Attr<int32_t>("rectified"));
+                                  .Attr<int32_t>("family"));

@@ -37,8 +37,8 @@ enum Scalar {
   kNesterovM,
   kNesterovG,
   kBeliefEps,      // AdaBelief's eps added to s_t every step (its scale_by_rms has eps_root 0)
-  kRectification,  // RAdam's r_t, and whether the step is tractable (1) or SGD with momentum (0)
-  kTractable,
+  kRectification,  // RAdam's r_t
+  kTractable,      // RAdam: 1 once rho_t has reached the threshold, 0 before (SGD with momentum)
   kNumScalars
 };
 
@@ -109,10 +109,11 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
   }
 }
 
-// What the direction divides by: Adam's EMA of squares v_t, AdaMax's exponentially weighted infinity norm u_t,
-// AMSGrad's running maximum of the corrected v_t, AdaBelief's EMA of squared prediction errors s_t, or Adam's v_t
-// under RAdam's rectified direction.
-enum class Second { kSquare, kInfinityNorm, kRunningMax, kBelief, kRectified };
+// Which member of the Adam family a loop computes, by what its second moment and direction are: Adam's EMA of
+// squares v_t (and NAdam's, AdamW's), AdaMax's exponentially weighted infinity norm u_t, AMSGrad's running maximum
+// of the corrected v_t (a fifth array), AdaBelief's EMA of squared prediction errors s_t, or RAdam's rectified
+// direction over v_t. The values are the `family` attribute of the float32 kernel (adam_jax/fused/optimizer.py).
+enum class Family : int32_t { kAdam = 0, kAdaMax = 1, kAmsgrad = 2, kAdaBelief = 3, kRAdam = 4 };
 
 // max(a, b) as XLA's maximum computes it: a NaN in either operand is the result, and +0 is above -0 (a review found a
 // warm state with u = -0 where returning b flipped the sign of an infinite step).
@@ -129,12 +130,12 @@ inline float InfinityNorm(const Hyper& h, float g, float u) { return MaxOrNan(st
 // The direction that the learning rate scales, from the corrected first moment m_hat and the raw second moment v:
 // m_hat / (sqrt(v_hat + eps_root) + eps) (r2 = 1 / (1 - b2^t)), or AdaMax's m_hat / u_t (u_t needs no correction
 // and no root; its chain's eps is 0, and XLA drops the additions of a known 0); then [+ wd p] (AdamW's decay).
-template <bool kFma, bool kDecay, Second kSecond = Second::kSquare>
+template <bool kFma, bool kDecay, Family kFamily = Family::kAdam>
 inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) {
   float d;
-  if constexpr (kSecond == Second::kInfinityNorm) {
+  if constexpr (kFamily == Family::kAdaMax) {
     d = m_hat / v;
-  } else if constexpr (kSecond == Second::kRectified) {  // RAdam: r_t times Adam's direction, or m_hat alone
+  } else if constexpr (kFamily == Family::kRAdam) {  // RAdam: r_t times Adam's direction, or m_hat alone
     const float adaptive = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
     d = h.tractable != 0.0f ? h.rectification * adaptive : m_hat;
   } else {
@@ -145,9 +146,9 @@ inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) 
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.
-template <bool kFma, bool kDecay, Second kSecond = Second::kSquare>
+template <bool kFma, bool kDecay, Family kFamily = Family::kAdam>
 inline float NewParam(const Hyper& h, float r2, float p, float m_hat, float v) {
-  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kSecond>(h, r2, p, m_hat, v), p);
+  return Fma<kFma>(h.neg_lr, Direction<kFma, kDecay, kFamily>(h, r2, p, m_hat, v), p);
 }
 
 // The update alone, -lr d, as the chain's update returns it (for optax.apply_updates to add later).

@@ -26,9 +26,9 @@ by ``optax.inject_hyperparams``) are the chain's: each kernel call is a ``custom
 Anywhere else (GPU/TPU, a process with several CPU devices, other dtypes, bf16 or factored moments, a mask of
 arrays, ``eps=0``, ``b1`` or ``b2`` given as exactly 0.5, a float64 hyperparameter under ``jax_enable_x64``, no
 kernel) ``step`` is ``update`` followed by ``optax.apply_updates``, the composed chain under jit, and ``update`` is
-the chain's; with NAdam's look-ahead (``nesterov=True``) or AdaMax's infinity norm 8-bit leaves take the chain
-inside the kernels' step. AMSGrad's running maximum is a fourth operand of the float32 kernel (36 B/param);
-AdaBelief with the look-ahead runs the chain.
+the chain's; with NAdam's look-ahead (``nesterov=True``), and for AdaMax and RAdam, 8-bit leaves take the chain
+inside the kernels' step (the 8-bit kernel has Adam's direction only). AMSGrad's running maximum is a fifth operand
+group of the float32 kernel (36 B/param); AdaBelief with the look-ahead runs the chain.
 
 The kernels perform the chain's float32 operations in the order XLA compiles them (``x / c`` as
 ``x * (1/c)``, ``a*b + c`` as a fused multiply-add where the CPU has one, and for 8-bit state the same
@@ -108,32 +108,22 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
     return None
 
 
-def _kernel_call(
-    scalars,
-    p,
-    g,
-    m,
-    v,
-    *w,
-    decay: bool,
-    nesterov: bool = False,
-    infinity_norm: bool = False,
-    belief: bool = False,
-    rectified: bool = False,
-):
-    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``nesterov``: NAdam's
-    look-ahead first moment (its coefficients are in ``scalars``); ``infinity_norm``: AdaMax's u_t as nu;
-    ``belief``: AdaBelief's s_t as nu; ``rectified``: RAdam's direction (r_t and whether the step is tractable are
-    in ``scalars``); ``w`` (one more list): AMSGrad's running maximum of the corrected nu."""
+# The float32 kernel's `family` attribute: the index of the variant here is kernel_common.h's Family value.
+FAMILIES = ('adam', 'adamax', 'amsgrad', 'adabelief', 'radam')
+
+
+def _kernel_call(scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, variant: str = 'adam'):
+    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``variant``: one of
+    ``FAMILIES`` (AdaMax: u_t as nu; AdaBelief: s_t as nu; RAdam: r_t and its switch in ``scalars``); ``w`` (one more
+    list, AMSGrad's): the running maximum of the corrected nu. ``nesterov``: NAdam's look-ahead first moment (its
+    coefficients in ``scalars``)."""
     k = len(p)
     arrays = (p, g, m, v, *w)
-    results = [0, 2, 3, 4][: len(arrays) - 1]  # the operand groups updated in place: all but the grads
+    results = [group for group in range(len(arrays)) if group != 1]  # updated in place: all but the grads
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
     aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    flags = dict(
-        decay=decay, nesterov=nesterov, infinity_norm=infinity_norm, amsgrad=bool(w), belief=belief, rectified=rectified
-    )
+    flags = dict(decay=decay, nesterov=nesterov, family=FAMILIES.index(variant))
     out = call(scalars, *(x for group in arrays for x in group), **{key: np.int32(on) for key, on in flags.items()})
     return tuple(out[r * k : (r + 1) * k] for r in range(len(results)))
 
@@ -259,7 +249,9 @@ def _check_state(state: Any, layout: tuple[int, int] | _Flat, name: str) -> None
             f'{type(state).__name__}'
             + (f' of {len(state)}' if isinstance(state, tuple) else '')
             + ". A state of another optimizer (optax.adam's, or fused.adam's for fused.adamw, fused.nadam or "
-            'fused.amsgrad, or the reverse) does not fit.'
+            'fused.amsgrad, or the reverse) does not fit. (Chains whose states have the same structure, such as '
+            "fused.adam's and fused.adamax's, or fused.adabelief's and fused.radam's, cannot be told apart: as for "
+            'the chains themselves, such a state is taken as it is.)'
         )
 
 
@@ -416,12 +408,7 @@ def _fused(
         name, layout = 'adabelief', _Flat(5 if nesterov else 4)
     if rectified:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rectified_rms, the learning rate
         name, layout = 'radam', _Flat(5 if nesterov else 4)
-    kernels = {
-        'f32': functools.partial(
-            _kernel_call, nesterov=nesterov, infinity_norm=infinity_norm, belief=belief, rectified=rectified
-        ),
-        '8bit': _kernel8_call,
-    }
+    kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov, variant=variant), '8bit': _kernel8_call}
 
     def chain_with(h):
         """The chain with the hyperparameters ``h`` in place of the given ones (the traced ones, as operands)."""
@@ -482,7 +469,8 @@ def _fused(
             check_correctable('b2', b2, params, False)
         # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
         c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
-        # RAdam's rectification, formed as scale_by_rectified_rms forms it for float32 moments
+        # RAdam's rectification, formed as scale_by_rectified_rms forms it for float32 moments (adam_jax.radam
+        # makes it with strict=False and exact corrections: the PyTorch preset's other settings have no fused twin)
         wide = correction_dtype(jnp.float32)
         tractable, r_t = rectifier(b2, count, h['threshold'], False, False, wide) if rectified else (False, 0.0)
         scalars = jnp.stack(
