@@ -545,6 +545,20 @@ def test_amsgrad_refuses_8bit_moments_and_takes_the_chain_for_other_storage():
         fused.amsgrad(1e-2, bias_correction_mu='yes')
 
 
+SPECIAL_VALUES = np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, np.inf, -np.inf, np.nan], np.float32)
+
+
+def special_value_grid(*columns):
+    """Every combination of the columns' values, one flat float32 array per column."""
+    return tuple(jnp.asarray(c) for c in np.array(np.meshgrid(*columns)).reshape(len(columns), -1))
+
+
+def assert_step_is_bitwise_the_chain(opt, params, grads, state):
+    """One kernel call, and the jitted step is the jitted chain's, bit for bit (signs of zeros counted)."""
+    assert kernel_calls(opt.step, params, grads, state) == 1
+    assert same_bits(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+
+
 def same_bits(a, b) -> bool:
     """Equal leaves, a NaN equal to any NaN and the sign of a zero counted."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -556,29 +570,25 @@ def same_bits(a, b) -> bool:
 
 @needs_kernel
 @pytest.mark.parametrize(
-    'make',
+    'make,count',
     [
-        lambda: fused.adamw(1e-2, weight_decay=0.1),
-        lambda: fused.nadam(1e-2),
-        lambda: fused.adamax(1e-2, eps=0.0),
-        lambda: fused.adamaxw(1e-2, weight_decay=0.1),
-        lambda: fused.amsgrad(1e-2),
-        lambda: fused.adabelief(1e-2, eps_root=0.0),
-        lambda: fused.radam(1e-2, b2=0.8, threshold=4.0),  # count 3, step 4: not yet tractable
-        lambda: fused.radam(1e-2, b2=0.9, threshold=4.0),  # count 3, step 4: the rectified step
+        (lambda: fused.adamw(1e-2, weight_decay=0.1), 3),
+        (lambda: fused.nadam(1e-2), 3),
+        (lambda: fused.adamax(1e-2, eps=0.0), 3),
+        (lambda: fused.adamaxw(1e-2, weight_decay=0.1), 3),
+        (lambda: fused.amsgrad(1e-2), 3),
+        (lambda: fused.adabelief(1e-2, eps_root=0.0), 3),
+        (lambda: fused.radam(1e-2, b2=0.8, threshold=4.0), 3),  # step 4: not yet tractable (from step 5)
+        (lambda: fused.radam(1e-2, b2=0.8, threshold=4.0), 5),  # step 6: the rectified step
     ],
     ids=['adamw', 'nadam', 'adamax-eps0', 'adamaxw', 'amsgrad', 'adabelief', 'radam-momentum', 'radam-tractable'],
 )
-def test_special_values_in_every_operand_are_bitwise_the_chain(make):
+def test_special_values_in_every_operand_are_bitwise_the_chain(make, count):
     # Every combination of +-0, +-denormal, +-1, +-inf and NaN as gradient, param, first and second moment (and
     # running maximum): 6561 elements, signs of zeros counted. A review found AdaMax's max returning -0 where XLA's
     # maximum returns +0 (max(+0, -0)), which flipped the sign of an infinite step.
-    values = np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, np.inf, -np.inf, np.nan], np.float32)
-    g, p, m, v = (jnp.asarray(c) for c in np.array(np.meshgrid(values, values, values, values)).reshape(4, -1))
-    opt = make()
-    state = with_moments(opt, p, 3, m, v, nu_max=v)
-    assert kernel_calls(opt.step, p, g, state) == 1
-    assert same_bits(jax.jit(opt.step)(p, g, state), jax.jit(chain_step(opt))(p, g, state))
+    g, p, m, v = special_value_grid(SPECIAL_VALUES, SPECIAL_VALUES, SPECIAL_VALUES, SPECIAL_VALUES)
+    assert_step_is_bitwise_the_chain(make(), p, g, with_moments(make(), p, count, m, v, nu_max=v))
 
 
 @needs_kernel
@@ -613,13 +623,10 @@ def test_amsgrad_special_values_with_its_own_running_maximum_are_bitwise_the_cha
     # As above, with the running maximum varied apart from nu over the values a run can hold (nu and the maximum are
     # >= +0 or NaN; a review found a subnormal maximum kept by the kernel where XLA's maximum flushes it, only under a
     # negative nu, which no step produces): 18225 elements.
-    values = np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, np.inf, -np.inf, np.nan], np.float32)
     held = np.array([0.0, 1e-45, 1.0, np.inf, np.nan], np.float32)
-    g, p, m, v, w = (jnp.asarray(c) for c in np.array(np.meshgrid(values, values, values, held, held)).reshape(5, -1))
+    g, p, m, v, w = special_value_grid(SPECIAL_VALUES, SPECIAL_VALUES, SPECIAL_VALUES, held, held)
     opt = fused.amsgrad(1e-2)
-    state = with_moments(opt, p, 3, m, v, nu_max=w)
-    assert kernel_calls(opt.step, p, g, state) == 1
-    assert same_bits(jax.jit(opt.step)(p, g, state), jax.jit(chain_step(opt))(p, g, state))
+    assert_step_is_bitwise_the_chain(opt, p, g, with_moments(opt, p, 3, m, v, nu_max=w))
 
 
 @needs_kernel
