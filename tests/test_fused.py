@@ -699,3 +699,27 @@ def test_the_kernel_refuses_a_combination_it_has_no_loop_for(variant, decay, nes
     call = jax.jit(lambda s: _kernel_call(s, x, x, x, x, *extra, decay=decay, nesterov=nesterov, variant=variant))
     with pytest.raises(Exception, match='no loop for this family with decay / the look-ahead'):
         jax.block_until_ready(call(jnp.zeros(15, jnp.float32)))
+
+
+@pytest.mark.parametrize(
+    'name', ['adam', 'adamw', 'nadam', 'nadamw', 'adamax', 'adamaxw', 'amsgrad', 'adabelief', 'radam']
+)
+def test_every_fused_optimizer_is_its_chain_under_inject_hyperparams_and_in_a_train_state(name):
+    # What optax.inject_hyperparams and flax's TrainState call: init and update, the composed chain's (bitwise), and
+    # the fused step from TrainState's params and opt_state equals the chain's step.
+    from flax.training import train_state
+
+    params = mixed_tree()
+    grads = noisy_quadratic_grad(params, 0)
+    opt = optax.inject_hyperparams(getattr(fused, name))(learning_rate=1e-2)
+    chain = optax.inject_hyperparams(getattr(adam_jax, name))(learning_rate=1e-2)
+    state = opt.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(chain.init(params))
+    got, want = jax.jit(opt.update)(grads, state, params), jax.jit(chain.update)(grads, chain.init(params), params)
+    assert leaves_equal(got, want)
+    fused_opt = getattr(fused, name)(1e-2)
+    ts = train_state.TrainState.create(apply_fn=None, params=params, tx=fused_opt)
+    ts = ts.apply_gradients(grads=grads)
+    stepped = jax.jit(fused_opt.step)(params, grads, fused_opt.init(params))
+    assert max_abs_diff(ts.params, stepped[0]) <= 1e-6  # update + apply_updates apart: within an ulp a step
+    assert max_abs_diff(ts.params, params) > 1e-3
