@@ -21,24 +21,16 @@ from adam_jax.fused import _library
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_smoke_run_writes_table_and_json(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'benchmarks.run',
-            '--smoke',
-            '--no-torch',
-            '--back-to-back',
-            '3',
-            '--out',
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+def run_module(*args: str, timeout: int = 240, cpu: bool = False) -> subprocess.CompletedProcess:
+    """``python -m <args>`` from the repository root, output captured (``cpu``: with JAX_PLATFORMS=cpu)."""
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'} if cpu else None
+    return subprocess.run(
+        [sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def test_smoke_run_writes_table_and_json(tmp_path):
+    done = run_module('benchmarks.run', '--smoke', '--no-torch', '--back-to-back', '3', '--out', str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / 'results-smoke.json').read_text())
     rows = {r['impl']: r for r in result['rows']}
@@ -65,15 +57,8 @@ def test_smoke_run_writes_table_and_json(tmp_path):
 
 
 def test_fusions_report_names_what_each_step_compiles_to():
-    done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.fusions', '--params', '65536', '--steps', '3', '--torch', '--amsgrad']
-        + ['--nadam', '--adamax', '--adabelief', '--radam'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-    )
+    families = ['--nadam', '--adamax', '--amsgrad', '--adabelief', '--radam']
+    done = run_module('benchmarks.fusions', '--params', '65536', '--steps', '3', '--torch', *families, cpu=True)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     sections = out.split('\n\n')
@@ -93,26 +78,13 @@ def test_fusions_report_names_what_each_step_compiles_to():
 def test_shape_sweep_finds_no_differing_element():
     # The wide bitwise sweep (169 leaf shapes) for one optimizer, one step each: RAdam with the look-ahead (its first
     # step is on the momentum side of the switch; the tests above cross it).
-    done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.shape_sweep', '--optimizers', 'radam-nesterov', '--steps', '1'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-    )
+    done = run_module('benchmarks.shape_sweep', '--optimizers', 'radam-nesterov', '--steps', '1', timeout=400, cpu=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'radam-nesterov: 0 differing elements' in done.stdout, done.stdout[-2000:]
 
 
 def test_lean_state_prints_every_state_kind_with_bursts():
-    done = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.lean_state', '--params', '131072', '--rounds', '2', '--back-to-back', '2'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_module('benchmarks.lean_state', '--params', '131072', '--rounds', '2', '--back-to-back', '2')
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split('|')[1:-1] for line in done.stdout.splitlines() if line.startswith('| ') and 'MiB' in line]
     by_name = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}

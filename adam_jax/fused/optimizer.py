@@ -398,16 +398,14 @@ def _fused(
 
     tx = make_tx(mask)
     c2_used = correct_nu and not infinity_norm  # whether the kernel divides nu by 1 - b2^t
-    name, outer = ('adam', 2) if weight_decay is None else ('adamw', 3)
-    name, layout = ('n' + name, (outer, 4)) if nesterov else (name, (outer, 3))
-    if infinity_norm:
-        name = name.replace('adam', 'adamax')
-    if running_max:  # scale_by_moments, bias_correct, max_second_moment, scale_by_rms, the learning rate
-        name, layout = 'amsgrad', _Flat(5, running_max_at=2)
-    if belief:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rms, the learning rate
-        name, layout = 'adabelief', _Flat(5 if nesterov else 4)
-    if rectified:  # scale_by_moments, [nesterov_momentum], bias_correct, scale_by_rectified_rms, the learning rate
-        name, layout = 'radam', _Flat(5 if nesterov else 4)
+    decayed = weight_decay is not None
+    if variant in ('adam', 'adamax'):  # ((moments, [nesterov_momentum], bias_correct, rms), [decay], learning rate)
+        name = ('n' if nesterov else '') + variant + ('w' if decayed else '')
+        layout = (3 if decayed else 2, 4 if nesterov else 3)
+    elif running_max:  # moments, bias_correct, max_second_moment, scale_by_rms, learning rate
+        name, layout = variant, _Flat(5, running_max_at=2)
+    else:  # moments, [nesterov_momentum], bias_correct, scale_by_rms or scale_by_rectified_rms, learning rate
+        name, layout = variant, _Flat(5 if nesterov else 4)
     kernels = {'f32': functools.partial(_kernel_call, nesterov=nesterov, variant=variant), '8bit': _kernel8_call}
 
     def chain_with(h):
