@@ -1,5 +1,5 @@
-// One pass of the Adam family (Adam, AdamW, NAdam(W), AdaMax(W), AMSGrad, AdaBelief, RAdam) over every fp32 leaf of
-// a parameter tree, called from JAX through the XLA FFI.
+// One pass of the Adam family (Adam, AdamW, NAdam(W), AdaMax(W), AMSGrad, AdaBelief, RAdam, Lion) over every fp32
+// leaf of a parameter tree, called from JAX through the XLA FFI.
 //
 // Per element, the composed chain scale_by_moments -> bias_correct -> scale_by_rms -> [decoupled_decay]
 // -> scale_by_learning_rate -> optax.apply_updates (Kingma & Ba 2014, Algorithm 1; Loshchilov & Hutter
@@ -12,7 +12,8 @@
 //       (AMSGrad, family=2: w = max(v r2, w), and d = (m r1) / (sqrt(w + eps_root) + eps))
 //       (AdaBelief, family=3: v is s = fma(b2, s, (1 - b2) ((g - m) (g - m))) + belief_eps, with the new m)
 //       (RAdam, family=4: d = tractable ? r_t d : m r1, r_t and tractable from the caller)
-//   d = fma(wd, p, d)                                     (AdamW only)
+//       (Lion, family=5: d = sign(fma(1 - b1, g, b1 m_old)), m = fma(1 - b2, g, b2 m_old); no nu)
+//   d = fma(wd, p, d)                                     (AdamW, AdaMaxW, Lion with decay)
 //   p = fma(-lr, d, p)
 //
 // XLA turns x / broadcast(c) into x * (1 / c), and LLVM contracts a*b + c into a fused multiply-add
@@ -22,8 +23,8 @@
 // appear) and without -ffast-math; -fno-math-errno lets sqrtf vectorise (a correctly rounded sqrtps).
 //
 // Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n],
-// grads[n], mu[n], nu[n] [, AMSGrad's running maximum w[n]]; results: params[n], mu[n], nu[n] [, w[n]], aliased to
-// the inputs by the caller so the update is in place. The leaves are cut into chunks that the calling thread and
+// grads[n], mu[n], nu[n] (none for Lion) [, AMSGrad's running maximum w[n]]; results: params[n], mu[n], nu[n] [, w[n]],
+// aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks that the calling thread and
 // XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
 
 #include <algorithm>
@@ -42,6 +43,14 @@ template <bool kFma, bool kDecay, bool kNesterov, Family kFamily>
 __attribute__((always_inline)) inline void Loop(float* __restrict p, const float* __restrict g,
                                                 float* __restrict m, float* __restrict v, float* __restrict w,
                                                 int64_t n, const Hyper h) {
+  if constexpr (kFamily == Family::kLion) {  // one moment: v and w are not read
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = Decayed<kFma, kDecay>(h, p[i], LionDirection<kFma>(h, g[i], m[i]));
+      m[i] = LionMomentum<kFma>(h, g[i], m[i]);
+      p[i] = Fma<kFma>(h.neg_lr, d, p[i]);
+    }
+    return;
+  }
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
@@ -80,7 +89,13 @@ template <bool kFma>
 __attribute__((always_inline)) inline void Dispatch(float* p, const float* g, float* m, float* v, float* w,
                                                     int64_t n, const Hyper h, Variant x) {
   constexpr Family kAdam = Family::kAdam, kAdaMax = Family::kAdaMax;
-  if (x.family == Family::kAmsgrad) {  // AMSGrad: no decay, no look-ahead
+  if (x.family == Family::kLion) {  // Lion: decay or not, no look-ahead
+    if (x.decay) {
+      Loop<kFma, true, false, Family::kLion>(p, g, m, v, w, n, h);
+    } else {
+      Loop<kFma, false, false, Family::kLion>(p, g, m, v, w, n, h);
+    }
+  } else if (x.family == Family::kAmsgrad) {  // AMSGrad: no decay, no look-ahead
     Loop<kFma, false, false, Family::kAmsgrad>(p, g, m, v, w, n, h);
   } else if (x.family == Family::kAdaBelief) {  // AdaBelief: no decay, no look-ahead (with one, it takes the chain)
     Loop<kFma, false, false, Family::kAdaBelief>(p, g, m, v, w, n, h);
@@ -157,7 +172,8 @@ const Isa& ChosenIsa() {
   return isa;
 }
 
-// One leaf's arrays: params, grads, mu, nu and (AMSGrad only, else null) the running maximum w of the corrected nu.
+// One leaf's arrays: params, grads, mu, nu (null for Lion) and (AMSGrad only, else null) the running maximum w of the
+// corrected nu.
 struct Leaf {
   const float *p_in, *g, *m_in, *v_in, *w_in;
   float *p, *m, *v, *w;
@@ -168,14 +184,14 @@ struct Leaf {
 // Updates elements [lo, hi) of one leaf.
 void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<float>& scratch) {
   const int64_t n = hi - lo;
-  float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v + lo, *w = leaf.w ? leaf.w + lo : nullptr;
+  float *p = leaf.p + lo, *m = leaf.m + lo, *v = leaf.v ? leaf.v + lo : nullptr, *w = leaf.w ? leaf.w + lo : nullptr;
   CopyIfNotAliased(p, leaf.p_in + lo, n);
   CopyIfNotAliased(m, leaf.m_in + lo, n);
-  CopyIfNotAliased(v, leaf.v_in + lo, n);
+  if (v) CopyIfNotAliased(v, leaf.v_in + lo, n);
   if (w) CopyIfNotAliased(w, leaf.w_in + lo, n);
   const float* g = leaf.g + lo;
   const int64_t bytes = n * sizeof(float);
-  if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || Overlaps(g, bytes, v, bytes) ||
+  if (Overlaps(g, bytes, p, bytes) || Overlaps(g, bytes, m, bytes) || (v && Overlaps(g, bytes, v, bytes)) ||
       (w && Overlaps(g, bytes, w, bytes))) {
     scratch.assign(g, g + n);  // the same array passed twice
     g = scratch.data();
@@ -187,22 +203,23 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
                     ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t family_id) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 15 scalars per problem");
-  // The variants the loops have: decay for Adam and AdaMax, the look-ahead for Adam and RAdam.
-  if (family_id < 0 || family_id > static_cast<int32_t>(Family::kRAdam)) {
-    return ffi::Error::InvalidArgument("adam_jax fused Adam: family must be 0 to 4");
+  // The variants the loops have: decay for Adam, AdaMax and Lion, the look-ahead for Adam and RAdam.
+  if (family_id < 0 || family_id > static_cast<int32_t>(Family::kLion)) {
+    return ffi::Error::InvalidArgument("adam_jax fused Adam: family must be 0 to 5");
   }
   const Family family = static_cast<Family>(family_id);
-  if ((decay && family != Family::kAdam && family != Family::kAdaMax) ||
+  if ((decay && family != Family::kAdam && family != Family::kAdaMax && family != Family::kLion) ||
       (nesterov && family != Family::kAdam && family != Family::kRAdam)) {
     return ffi::Error::InvalidArgument("adam_jax fused Adam: no loop for this family with decay / the look-ahead");
   }
-  const bool amsgrad = family == Family::kAmsgrad;
   const int64_t batch = static_cast<int64_t>(hypers.size());
-  // Operand groups: params, grads, mu, nu [, AMSGrad's running maximum]; results: params, mu, nu [, maximum].
-  const size_t groups = amsgrad ? 5 : 4, n = rets.size() / (groups - 1);
+  // Operand groups: params, grads, mu [, nu [, AMSGrad's running maximum]]; results: params, mu [, nu [, maximum]].
+  const size_t groups = family == Family::kLion ? 3 : family == Family::kAmsgrad ? 5 : 4;
+  const size_t n = rets.size() / (groups - 1);
   if (rets.size() != (groups - 1) * n || args.size() != groups * n) {
-    return ffi::Error::InvalidArgument(amsgrad ? "adam_jax fused AMSGrad: expected 5n operands and 4n results"
-                                               : "adam_jax fused Adam: expected 4n operands and 3n results");
+    return ffi::Error::InvalidArgument(groups == 3   ? "adam_jax fused Lion: expected 3n operands and 2n results"
+                                       : groups == 5 ? "adam_jax fused AMSGrad: expected 5n operands and 4n results"
+                                                     : "adam_jax fused Adam: expected 4n operands and 3n results");
   }
   std::vector<Leaf> leaves;
   leaves.reserve(n * batch);
@@ -225,13 +242,14 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
     }
     if (size % batch != 0) return ffi::Error::InvalidArgument("adam_jax fused Adam: leaves must hold the batch");
     const int64_t part = size / batch;  // one problem's elements
+    // Operand group k of this leaf at problem offset o, or null where the family has no such group (nu: Lion; the
+    // running maximum: all but AMSGrad).
+    auto input = [&](size_t k, int64_t o) { return k < groups ? in[k].typed_data<float>() + o : nullptr; };
+    auto result = [&](size_t k, int64_t o) { return k + 1 < groups ? out[k]->typed_data<float>() + o : nullptr; };
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t o = b * part;
-      leaves.push_back(Leaf{in[0].typed_data<float>() + o, in[1].typed_data<float>() + o,
-                            in[2].typed_data<float>() + o, in[3].typed_data<float>() + o,
-                            amsgrad ? in[4].typed_data<float>() + o : nullptr, out[0]->typed_data<float>() + o,
-                            out[1]->typed_data<float>() + o, out[2]->typed_data<float>() + o,
-                            amsgrad ? out[3]->typed_data<float>() + o : nullptr, part, total, &hypers[b]});
+      leaves.push_back(Leaf{input(0, o), input(1, o), input(2, o), input(3, o), input(4, o), result(0, o),
+                            result(1, o), result(2, o), result(3, o), part, total, &hypers[b]});
       total += part;
     }
   }

@@ -78,14 +78,20 @@ inline float Fma(float a, float b, float c) {
 // One element of the step as XLA compiles the chain (Kingma & Ba 2014, Algorithm 1; AdamW's decoupled decay):
 // m_t and v_t from the old moments, then theta_t with r_i = 1 / (1 - b_i^t). Shared by the float32 loop and the
 // scalar code of the 8-bit kernel, so both do the same float32 operations in the same order.
+// An EMA (1 - b) x + b old, where XLA fuses the new term's product.
+template <bool kFma>
+inline float Ema(float one_minus_b, float b, float x, float old) {
+  return Fma<kFma>(one_minus_b, x, b * old);
+}
+
 template <bool kFma>
 inline float FirstMoment(const Hyper& h, float g, float m) {
-  return Fma<kFma>(h.one_minus_b1, g, h.b1 * m);
+  return Ema<kFma>(h.one_minus_b1, h.b1, g, m);
 }
 
 template <bool kFma>
 inline float SecondMoment(const Hyper& h, float g, float v) {
-  return Fma<kFma>(h.one_minus_b2, g * g, h.b2 * v);
+  return Ema<kFma>(h.one_minus_b2, h.b2, g * g, v);
 }
 
 // AdaBelief's s_t = (1 - b2) (g_t - m_t)^2 + b2 s_{t-1} + eps (Zhuang et al. 2020, Algorithm 2), from the new m_t.
@@ -111,9 +117,10 @@ inline float CorrectedFirstMoment(const Hyper& h, float r1, float g, float m) {
 
 // Which member of the Adam family a loop computes, by what its second moment and direction are: Adam's EMA of
 // squares v_t (and NAdam's, AdamW's), AdaMax's exponentially weighted infinity norm u_t, AMSGrad's running maximum
-// of the corrected v_t (a fifth array), AdaBelief's EMA of squared prediction errors s_t, or RAdam's rectified
-// direction over v_t. The values are the `family` attribute of the float32 kernel (adam_jax/fused/optimizer.py).
-enum class Family : int32_t { kAdam = 0, kAdaMax = 1, kAmsgrad = 2, kAdaBelief = 3, kRAdam = 4 };
+// of the corrected v_t (a fifth array), AdaBelief's EMA of squared prediction errors s_t, RAdam's rectified
+// direction over v_t, or Lion's sign of an interpolation, with one moment and no second (three arrays). The values
+// are the `family` attribute of the float32 kernel (adam_jax/fused/optimizer.py).
+enum class Family : int32_t { kAdam = 0, kAdaMax = 1, kAmsgrad = 2, kAdaBelief = 3, kRAdam = 4, kLion = 5 };
 
 // max(a, b) as XLA's maximum computes it: a NaN in either operand is the result, and +0 is above -0 (a review found a
 // warm state with u = -0 where returning b flipped the sign of an infinite step).
@@ -123,9 +130,31 @@ inline float MaxOrNan(float a, float b) {
   return b;
 }
 
+// sign(x) as XLA's sign computes it: +-1 by the sign bit, and a zero (of either sign) or a NaN is its own sign.
+inline float SignOrSelf(float x) { return (x == 0.0f || x != x) ? x : std::copysign(1.0f, x); }
+
+// Lion (Chen et al. 2023, Algorithm 2): the direction sign(b1 m_{t-1} + (1 - b1) g_t), an EMA with b1 of the old
+// momentum, and the momentum m_t = b2 m_{t-1} + (1 - b2) g_t; XLA fuses the gradient's product in both.
+template <bool kFma>
+inline float LionDirection(const Hyper& h, float g, float m) {
+  return SignOrSelf(FirstMoment<kFma>(h, g, m));
+}
+
+template <bool kFma>
+inline float LionMomentum(const Hyper& h, float g, float m) {
+  return Ema<kFma>(h.one_minus_b2, h.b2, g, m);
+}
+
 // AdaMax's u_t = max(|g_t| + eps, b2 u_{t-1}) (Kingma & Ba 2014, Algorithm 2; eps inside the max as in optax and
 // PyTorch, from the kEps slot).
 inline float InfinityNorm(const Hyper& h, float g, float u) { return MaxOrNan(std::fabs(g) + h.eps, h.b2 * u); }
+
+// AdamW's decoupled decay d + wd p (Loshchilov & Hutter 2019), added to the direction d where kDecay.
+template <bool kFma, bool kDecay>
+inline float Decayed(const Hyper& h, float p, float d) {
+  if constexpr (kDecay) return Fma<kFma>(h.wd, p, d);
+  return d;
+}
 
 // The direction that the learning rate scales, from the corrected first moment m_hat and the raw second moment v:
 // m_hat / (sqrt(v_hat + eps_root) + eps) (r2 = 1 / (1 - b2^t)), or AdaMax's m_hat / u_t (u_t needs no correction
@@ -141,8 +170,7 @@ inline float Direction(const Hyper& h, float r2, float p, float m_hat, float v) 
   } else {
     d = m_hat / (std::sqrt(Fma<kFma>(v, r2, h.eps_root)) + h.eps);
   }
-  if constexpr (kDecay) d = Fma<kFma>(h.wd, p, d);
-  return d;
+  return Decayed<kFma, kDecay>(h, p, d);
 }
 
 // The step: theta_t = theta_{t-1} - lr d, as XLA fuses the chain's update with optax.apply_updates.

@@ -109,16 +109,16 @@ def _concrete_bools(tree: Any) -> list[bool] | None:
 
 
 # The float32 kernel's `family` attribute: the index of the variant here is kernel_common.h's Family value.
-FAMILIES = ('adam', 'adamax', 'amsgrad', 'adabelief', 'radam')
+FAMILIES = ('adam', 'adamax', 'amsgrad', 'adabelief', 'radam', 'lion')
 
 
-def _kernel_call(scalars, p, g, m, v, *w, decay: bool, nesterov: bool = False, variant: str = 'adam'):
-    """One FFI call over lists of float32 leaves; results aliased to params, mu, nu [, w]. ``variant``: one of
-    ``FAMILIES`` (AdaMax: u_t as nu; AdaBelief: s_t as nu; RAdam: r_t and its switch in ``scalars``); ``w`` (one more
-    list, AMSGrad's): the running maximum of the corrected nu. ``nesterov``: NAdam's look-ahead first moment (its
-    coefficients in ``scalars``)."""
+def _kernel_call(scalars, p, g, *moments, decay: bool, nesterov: bool = False, variant: str = 'adam'):
+    """One FFI call over lists of float32 leaves; results aliased to params and the ``moments`` lists: mu, nu [, w]
+    (Lion's: mu alone). ``variant``: one of ``FAMILIES`` (AdaMax: u_t as nu; AdaBelief: s_t as nu; RAdam: r_t and its
+    switch in ``scalars``); ``w`` (one more list, AMSGrad's): the running maximum of the corrected nu. ``nesterov``:
+    NAdam's look-ahead first moment (its coefficients in ``scalars``)."""
     k = len(p)
-    arrays = (p, g, m, v, *w)
+    arrays = (p, g, *moments)
     results = [group for group in range(len(arrays)) if group != 1]  # updated in place: all but the grads
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
     aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
@@ -210,12 +210,13 @@ def _kernel_kind(p, g, m, v) -> tuple | None:
 
 
 class _Flat(NamedTuple):
-    """The state of a flat chain (AdaBelief's, AMSGrad's): ``length`` states, the moments first, the learning rate's
-    last, and AMSGrad's running maximum at ``running_max_at``. Adam's family nests its direction's chain instead:
-    its layout is the pair of lengths ``(outer, direction)``."""
+    """The state of a flat chain (AdaBelief's, AMSGrad's, Lion's): ``length`` states, the moments (of type
+    ``moments``) first, the learning rate's last, and AMSGrad's running maximum at ``running_max_at``. Adam's family
+    nests its direction's chain instead: its layout is the pair of lengths ``(outer, direction)``."""
 
     length: int
     running_max_at: int | None = None
+    moments: type = MomentsState
 
 
 def _is_state(state: Any, layout: tuple[int, int] | _Flat) -> bool:
@@ -223,7 +224,7 @@ def _is_state(state: Any, layout: tuple[int, int] | _Flat) -> bool:
     states whose first, the direction's, is a chain of ``direction`` beginning with the moments (3 for Adam's, 4
     with NAdam's look-ahead); for a ``_Flat`` layout, a chain of its length beginning with the moments."""
     if isinstance(layout, _Flat):
-        ok = isinstance(state, tuple) and len(state) == layout.length and isinstance(state[0], MomentsState)
+        ok = isinstance(state, tuple) and len(state) == layout.length and isinstance(state[0], layout.moments)
         at = layout.running_max_at
         maxima = [i for i, s in enumerate(state) if isinstance(s, MaxSecondMomentState)] if ok else []
         return ok and maxima == ([] if at is None else [at])
@@ -236,7 +237,7 @@ def _check_state(state: Any, layout: tuple[int, int] | _Flat, name: str) -> None
     """A clear TypeError for a state that is not this optimizer's (optax's, or another chain's)."""
     if not _is_state(state, layout):
         if isinstance(layout, _Flat):
-            expected = f'a chain of {layout.length} states beginning with adam_jax.MomentsState'
+            expected = f'a chain of {layout.length} states beginning with adam_jax.{layout.moments.__name__}'
             if layout.running_max_at is not None:
                 expected += f', adam_jax.MaxSecondMomentState at index {layout.running_max_at}'
         else:
@@ -248,10 +249,10 @@ def _check_state(state: Any, layout: tuple[int, int] | _Flat, name: str) -> None
             f"fused.{name}(...).step needs the state made by the same optimizer's init ({expected}); got "
             f'{type(state).__name__}'
             + (f' of {len(state)}' if isinstance(state, tuple) else '')
-            + ". A state of another optimizer (optax.adam's, or fused.adam's for fused.adamw, fused.nadam or "
-            'fused.amsgrad, or the reverse) does not fit. (Chains whose states have the same structure, such as '
-            "fused.adam's and fused.adamax's, or fused.adabelief's and fused.radam's, cannot be told apart: as for "
-            'the chains themselves, such a state is taken as it is.)'
+            + ". A state of another optimizer (optax.adam's, or fused.adam's for fused.adamw, fused.nadam, "
+            'fused.amsgrad or fused.lion, or the reverse) does not fit. (Chains whose states have the same '
+            "structure, such as fused.adam's and fused.adamax's, or fused.adabelief's and fused.radam's, cannot be "
+            'told apart: as for the chains themselves, such a state is taken as it is.)'
         )
 
 
@@ -333,6 +334,105 @@ def _captures_tracers(schedule: Any) -> bool:
         return bool(jax.closure_convert(schedule, jnp.zeros((), jnp.int32))[1])
     except Exception:  # a schedule that cannot be traced on its own: leave it to the chain
         return True
+
+
+# The scalars operand of the float32 kernels, in the order of kernel_common.h's Scalar enum; 1 - b^t are 1 where the
+# chain does not correct (m * (1 / 1) is m exactly), every other scalar 0 where a family does not use it.
+SCALARS = (
+    'one_minus_b1',
+    'b1',
+    'one_minus_b2',
+    'b2',
+    'c1',
+    'c2',
+    'eps_root',
+    'eps',
+    'weight_decay',
+    'neg_lr',
+    'nesterov_m',
+    'nesterov_g',
+    'belief_eps',
+    'rectification',
+    'tractable',
+)
+
+
+def _scalars(**values: Any) -> jax.Array:
+    """The kernels' f32[15] scalars operand from values named as in ``SCALARS`` (``c1``, ``c2`` default to 1, the
+    others to 0)."""
+    unknown = set(values) - set(SCALARS)
+    if unknown:
+        raise ValueError(f'unknown kernel scalars {sorted(unknown)}; the kernels take {SCALARS}')
+    defaults = dict(c1=1.0, c2=1.0)
+    return jnp.stack([_f32(values.get(name, defaults.get(name, 0.0))) for name in SCALARS])
+
+
+def _negative_rate(learning_rate: Any, lr_state: Any) -> tuple[Any, Any]:
+    """(-lr_t, the learning rate's next state) as the chain's last transform forms them: a schedule is called at
+    its count, which then advances; a constant is negated."""
+    if callable(learning_rate):
+        return -1 * learning_rate(lr_state.count), lr_state._replace(count=optax.safe_increment(lr_state.count))
+    return -learning_rate, lr_state
+
+
+def _decay_flags(weight_decay: Any, mask: Any, params: Any) -> list[bool] | None:
+    """Whether each leaf of ``params`` is decayed, for a mask of Python booleans (or a function returning one); None
+    for a mask of arrays (only the chain can apply it)."""
+    n = len(jax.tree.leaves(params))
+    if weight_decay is None:
+        return [False] * n
+    if mask is None:
+        return [True] * n
+    tree = mask(params) if callable(mask) else mask
+    try:  # a mask may be a prefix of the params tree (as optax.masked allows): one flag per subtree
+        tree = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
+    except (ValueError, TypeError):
+        return None
+    flags = _concrete_bools(tree)
+    return flags if flags is not None and len(flags) == n else None
+
+
+def _hyperparameters_fit(learning_rate: Any, b1: Any, b2: Any, *others: Any) -> bool:
+    """Whether the kernels can mirror the chain with these hyperparameters in this process (the family's own
+    conditions aside): the kernel is loaded, one CPU device, and no known value that makes XLA rewrite the chain."""
+    return (
+        _library.available()
+        and _one_cpu_device()
+        # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
+        # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
+        and not any(map(_is_known_half, (b1, b2)))
+        and not any(map(_one_minus_rounds_to_one, (b1, b2)))
+        and not any(map(_widens_to_float64, (learning_rate, b1, b2, *others)))
+        and not _captures_tracers(learning_rate)
+    )
+
+
+def _kernel_groups(keys: list, operand_lists: list[list], new_lists: list[list], call: Callable) -> None:
+    """For each distinct key of ``keys`` (one per leaf; None: a leaf that is not the kernels'), ``call(key, *operand
+    lists)`` on that key's leaves, at most MAX_LEAVES_PER_CALL leaves a call, writing the lists of results it returns
+    into ``new_lists`` at those leaves."""
+    for key in sorted({k for k in keys if k is not None}):
+        index = [i for i, k in enumerate(keys) if k == key]
+        for start in range(0, len(index), MAX_LEAVES_PER_CALL):
+            part = index[start : start + MAX_LEAVES_PER_CALL]
+            outs = call(key, *([x[i] for i in part] for x in operand_lists))
+            for target, out in zip(new_lists, outs):
+                for i, x in zip(part, out):
+                    target[i] = x
+
+
+def _on_cpu(operands: tuple, kernel: Callable, chain: Callable) -> Any:
+    """``kernel`` on CPU, ``chain`` elsewhere (only ``kernel`` is traced in a process without GPU or TPU)."""
+    if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
+        return kernel(*operands)
+    return jax.lax.platform_dependent(*operands, cpu=kernel, default=chain)
+
+
+def _with_chain_derivatives(kernel: Callable, chain: Callable) -> Callable:
+    """``kernel`` with the derivatives of ``chain``, whose values it computes (an FFI call has no rule)."""
+    kernel = jax.custom_jvp(kernel)
+    kernel.defjvp(lambda primals, tangents: jax.jvp(chain, primals, tangents))
+    return kernel
 
 
 def _moment_leaves(tree: Any) -> list:
@@ -455,41 +555,35 @@ def _fused(
         moments, nu_max, lr_state = unpack(state)
         count = saturating_increment(moments.count)
         learning_rate, b1, b2, eps, eps_root = (h[k] for k in ('learning_rate', 'b1', 'b2', 'eps', 'eps_root'))
-        if callable(learning_rate):
-            neg_lr = -1 * learning_rate(lr_state.count)
-            lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
-        else:
-            neg_lr = -learning_rate
+        neg_lr, lr_state = _negative_rate(learning_rate, lr_state)
         wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
         if correct_mu:  # as the chain's bias_correct refuses them
             check_correctable('b1', b1, params, False)
         if correct_nu and not infinity_norm:  # AdaMax's u_t is not corrected
             check_correctable('b2', b2, params, False)
+        wide = correction_dtype(jnp.float32)
         # NAdam's look-ahead coefficients, formed as nesterov_momentum forms them (unused without it).
-        c_m, c_g = nesterov_coefficients(b1, count, correction_dtype(jnp.float32)) if nesterov else (0.0, 0.0)
+        c_m, c_g = nesterov_coefficients(b1, count, wide) if nesterov else (0.0, 0.0)
         # RAdam's rectification, formed as scale_by_rectified_rms forms it for float32 moments (adam_jax.radam
         # makes it with strict=False and exact corrections: the PyTorch preset's other settings have no fused twin)
-        wide = correction_dtype(jnp.float32)
         tractable, r_t = rectifier(b2, count, h['threshold'], False, False, wide) if rectified else (False, 0.0)
-        scalars = jnp.stack(
-            [
-                _f32(1 - b1),
-                _f32(b1),
-                _f32(1 - b2),
-                _f32(b2),
-                # as correction.debias forms them; 1 where the chain does not correct (m * (1 / 1) is m exactly)
-                _f32(one_minus_power(b1, count, correction_dtype(jnp.float32)) if correct_mu else 1.0),
-                _f32(one_minus_power(b2, count, correction_dtype(jnp.float32)) if c2_used else 1.0),
-                _f32(0.0 if belief else eps_root),  # AdaBelief's eps_root is added to s_t, not under the root
-                _f32(eps),
-                _f32(wd),
-                _f32(neg_lr),
-                _f32(c_m),
-                _f32(c_g),
-                _f32(eps_root if belief else 0.0),
-                _f32(r_t),
-                _f32(tractable),
-            ]
+        scalars = _scalars(
+            one_minus_b1=1 - b1,
+            b1=b1,
+            one_minus_b2=1 - b2,
+            b2=b2,
+            # as correction.debias forms them; 1 where the chain does not correct (m * (1 / 1) is m exactly)
+            c1=one_minus_power(b1, count, wide) if correct_mu else 1.0,
+            c2=one_minus_power(b2, count, wide) if c2_used else 1.0,
+            eps_root=0.0 if belief else eps_root,  # AdaBelief's eps_root is added to s_t, not under the root
+            eps=eps,
+            weight_decay=wd,
+            neg_lr=neg_lr,
+            nesterov_m=c_m,
+            nesterov_g=c_g,
+            belief_eps=eps_root if belief else 0.0,
+            rectification=r_t,
+            tractable=tractable,
         )
         p, treedef = jax.tree.flatten(params)
         g = jax.tree.leaves(grads)
@@ -505,18 +599,13 @@ def _fused(
                 for target, x in zip(new_lists, new):
                     target[i] = x
         # One call (of at most MAX_LEAVES_PER_CALL leaves) per kernel, block size and decay flag.
-        for group in sorted(set(zip(kinds, decay_flags))):
-            index = [i for i, key in enumerate(zip(kinds, decay_flags)) if key == group]
-            (kind, *_), decay = group
-            if kind == 'chain':
-                continue
-            for start in range(0, len(index), MAX_LEAVES_PER_CALL):
-                part = index[start : start + MAX_LEAVES_PER_CALL]
-                operands = ([x[i] for i in part] for x in (p, g, *moment_lists))
-                outs = kernels[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
-                for target, out in zip(new_lists, outs):
-                    for i, x in zip(part, out):
-                        target[i] = x
+        keys = [None if kind == ('chain',) else (kind, decay) for kind, decay in zip(kinds, decay_flags)]
+
+        def call(key, *operands):
+            (kind, *_), decay = key
+            return kernels[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
+
+        _kernel_groups(keys, [p, g, *moment_lists], new_lists, call)
         new_p, new_m, new_v, *new_w = new_lists
         moments = moments._replace(
             count=count,
@@ -526,73 +615,40 @@ def _fused(
         nu_max = jax.tree.unflatten(jax.tree.structure(nu_max), new_w[0]) if running_max else None
         return jax.tree.unflatten(treedef, new_p), repack(state, moments, nu_max, lr_state)
 
-    def decay_flags(params) -> list[bool] | None:
-        n = len(jax.tree.leaves(params))
-        if weight_decay is None:
-            return [False] * n
-        if mask is None:
-            return [True] * n
-        tree = mask(params) if callable(mask) else mask
-        try:  # a mask may be a prefix of the params tree (as optax.masked allows): one flag per subtree
-            tree = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params)
-        except (ValueError, TypeError):
-            return None
-        flags = _concrete_bools(tree)
-        return flags if flags is not None and len(flags) == n else None
-
     def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
         """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
         moments, nu_max, lr_state = unpack(state)
-        flags = decay_flags(params)
+        flags = _decay_flags(weight_decay, mask, params)
         kinds = None
         trees = (params, grads, moments.mu, moments.nu, *([nu_max] if running_max else []))
         if len({_moment_structure(tree) for tree in trees}) == 1:
             leaves = map(_moment_leaves, trees)
             kinds = [_leaf_kind(*x, nesterov=nesterov, variant=variant) for x in zip(*leaves)]
         if not (
-            _library.available()
-            and flags is not None
+            flags is not None
             and kinds is not None
             and None not in kinds
-            and _one_cpu_device()
+            and _hyperparameters_fit(learning_rate, b1, b2, eps, eps_root, weight_decay)
             # with a known eps = 0 XLA compiles m / sqrt(v) as m * rsqrt(v), which the kernels do not mirror (a
             # traced eps is unknown to XLA too, so it keeps the division)
             and (infinity_norm or not _checks.is_known_zero(eps))  # AdaMax: no root (its eps is inside the max)
-            # with a known b = 0.5 XLA factors (1 - b) x + b y into 0.5 (x + y) (found by review: float32 NAdam,
-            # 8-bit Adam with b1 = 0.5, Adam with b2 = 0.5 were 1 ulp off the chain)
-            and not any(map(_is_known_half, (b1, b2)))
-            and not any(map(_one_minus_rounds_to_one, (b1, b2)))
             # RAdam's direction ends in a product (r_t q, or m (1 / c1) before the switch): with a known learning rate
             # of +-1 LLVM drops the multiply by -lr and fuses that product into the params' add (found by review)
             and not (rectified and _is_unit_rate(learning_rate, lr_state))
             # AdaBelief with NAdam's look-ahead: XLA fuses c_g g_t or c_m m_t depending on the leaf's size and shape
             # ((65543,) and some (k, 3) leaves one way, the rest the other): no one kernel order matches
             and not (belief and nesterov)
-            and not any(map(_widens_to_float64, (learning_rate, b1, b2, eps, eps_root, weight_decay)))
-            and not _captures_tracers(learning_rate)
         ):
             return None
         return flags, kinds
-
-    def on_cpu(operands, kernel, chain):
-        """``kernel`` on CPU, ``chain`` elsewhere (only ``kernel`` is traced in a process without GPU or TPU)."""
-        if _cpu_only():  # nothing else to lower for: skip tracing the chain as the other platforms' branch
-            return kernel(*operands)
-        return jax.lax.platform_dependent(*operands, cpu=kernel, default=chain)
-
-    def with_chain_derivatives(kernel, chain):
-        """``kernel`` with the derivatives of ``chain``, whose values it computes (an FFI call has no rule)."""
-        kernel = jax.custom_jvp(kernel)
-        kernel.defjvp(lambda primals, tangents: jax.jvp(chain, primals, tangents))
-        return kernel
 
     def step(params, grads, state):
         _check_state(state, layout, name)
         plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
-        kernel = with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, *plan), chain_step)
-        return on_cpu((params, grads, state, traced), kernel, chain_step)
+        kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, *plan), chain_step)
+        return _on_cpu((params, grads, state, traced), kernel, chain_step)
 
     def update(grads, state, params=None, **extra_args):
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
@@ -607,8 +663,8 @@ def _fused(
         def chain(g, s, p, h):  # on the operands of the kernel's update
             return chain_with(h).update(g, s, None if params is None else p)
 
-        kernel = with_chain_derivatives(lambda g, s, p, h: kernel_step(p, g, s, h, *plan, updates=True), chain)
-        return on_cpu((grads, state, stand_in, traced), kernel, chain)
+        kernel = _with_chain_derivatives(lambda g, s, p, h: kernel_step(p, g, s, h, *plan, updates=True), chain)
+        return _on_cpu((grads, state, stand_in, traced), kernel, chain)
 
     return FusedTransformation(tx.init, update, step, tx)
 
