@@ -1,7 +1,7 @@
 """What XLA compiles one Adam step to on the current device, and how long it takes.
 
 Run: ``python -m benchmarks.fusions [--params 16777216] [--steps 50] [--torch] [--nadam] [--adamax] [--amsgrad]
-[--adabelief] [--radam]``.
+[--adabelief] [--radam] [--lion]``.
 
 For ``optax.adam``, ``adam_jax.adam`` (update + ``optax.apply_updates``) and ``adam_jax.fused.adam(...).step``
 on one flat float32 leaf: the fusions and custom calls of the compiled entry computation (on a GPU XLA fuses
@@ -17,7 +17,8 @@ each of its steps, which the pause after every step (``benchmarks.interleave.PAU
 (NAdam's look-ahead in the fused kernel's one pass; torch has no fused NAdam); ``--adamax`` the same three for
 AdaMax (its infinity norm in the same pass); ``--amsgrad`` the same for AMSGrad (its running maximum is a fourth
 array: 36 B/param), and with ``--torch`` torch's fused ``Adam(amsgrad=True)`` too; ``--adabelief`` and ``--radam`` the
-same three for AdaBelief and RAdam.
+same three for AdaBelief and RAdam; ``--lion`` the same three for Lion (one moment: 20 B/param in one pass; XLA's
+two loops per leaf also copy the momentum first).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
         '--adabelief', action='store_true', help='also time AdaBelief: optax, the chain, the fused step'
     )
     parser.add_argument('--radam', action='store_true', help='also time RAdam: optax, the chain, the fused step')
+    parser.add_argument('--lion', action='store_true', help='also time Lion: optax, the chain, the fused step')
     args = parser.parse_args()
 
     grads = jax.random.normal(jax.random.key(0), (args.params,), jnp.float32)
@@ -97,6 +99,7 @@ def main() -> None:
         'amsgrad': args.amsgrad,
         'adabelief': args.adabelief,
         'radam': args.radam,
+        'lion': args.lion,
     }
     optimizers = {}
     for family in (name for name, wanted in families.items() if wanted):
@@ -123,7 +126,8 @@ def main() -> None:
     print()
     for name, run in runs.items():
         median = statistics.median(run['times'])
-        per_param = 36 if 'amsgrad' in name else 28  # AMSGrad reads and writes its running maximum too
+        # AMSGrad reads and writes its running maximum too; Lion has one moment
+        per_param = 36 if 'amsgrad' in name else 20 if 'lion' in name else 28
         print(
             f'{name}: median {1e3 * median:.3f} ms, fastest {1e3 * min(run["times"]):.3f} ms, '
             f'{per_param * args.params / median / 1e9:.0f} GB/s at {per_param} B/param'

@@ -27,6 +27,7 @@ OPTIMIZERS = {
     'adabelief': lambda: fused.adabelief(1e-2, eps_root=1e-9),
     'radam': lambda: fused.radam(1e-2, b2=0.8, threshold=4.0),  # tractable from the fifth step
     'radam-nesterov': lambda: fused.radam(1e-2, b2=0.8, threshold=4.0, nesterov=True),
+    'lion': lambda: fused.lion(1e-3, weight_decay=0.1),
 }
 SHAPES = (
     [(n,) for n in (*range(1, 41), 1000, 65543, 2**20 + 3)]

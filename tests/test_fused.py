@@ -702,7 +702,7 @@ def test_the_kernel_refuses_a_combination_it_has_no_loop_for(variant, decay, nes
 
 
 @pytest.mark.parametrize(
-    'name', ['adam', 'adamw', 'nadam', 'nadamw', 'adamax', 'adamaxw', 'amsgrad', 'adabelief', 'radam']
+    'name', ['adam', 'adamw', 'nadam', 'nadamw', 'adamax', 'adamaxw', 'amsgrad', 'adabelief', 'radam', 'lion']
 )
 def test_every_fused_optimizer_is_its_chain_under_inject_hyperparams_and_in_a_train_state(name):
     # What optax.inject_hyperparams and flax's TrainState call: init and update, the composed chain's (bitwise), and

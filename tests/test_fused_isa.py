@@ -32,7 +32,7 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.mark.skipif('avx2' not in _library.status() and 'avx512' not in _library.status(), reason='not x86-64 AVX2')
 def test_the_avx2_loops_are_bitwise_the_chain_when_the_cpu_has_wider_ones():
     command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-k', BITWISE]
-    files = [str(ROOT / 'tests' / 'test_fused.py'), str(ROOT / 'tests' / 'test_fused_8bit.py')]
+    files = [str(ROOT / 'tests' / name) for name in ('test_fused.py', 'test_fused_8bit.py', 'test_fused_lion.py')]
     result = subprocess.run(
         command + files, env=_env(ADAM_JAX_FUSED_ISA='avx2'), cwd=ROOT, capture_output=True, text=True, timeout=600
     )

@@ -1,11 +1,12 @@
 """The fused Adam family: one in-place pass over memory per step on CPU (a C++ kernel through the XLA FFI).
 
-``adam_jax.fused.adam``, ``adamw``, ``nadam``, ``nadamw``, ``adamax``, ``adamaxw``, ``amsgrad``, ``adabelief`` and
-``radam`` are the composed optimizers with a ``step`` that applies the update; :func:`status` says whether the kernel
-is in use.
+``adam_jax.fused.adam``, ``adamw``, ``nadam``, ``nadamw``, ``adamax``, ``adamaxw``, ``amsgrad``, ``adabelief``,
+``radam`` and ``lion`` are the composed optimizers with a ``step`` that applies the update; :func:`status` says whether
+the kernel is in use.
 """
 
 from adam_jax.fused._library import available, status
+from adam_jax.fused.lion import lion
 from adam_jax.fused.optimizer import (
     FusedTransformation,
     adabelief,
@@ -28,6 +29,7 @@ __all__ = [
     'adamw',
     'amsgrad',
     'available',
+    'lion',
     'nadam',
     'nadamw',
     'radam',
