@@ -63,10 +63,14 @@ def lion(
 
     ``init``, ``update`` and ``chain`` are the composed chain's; ``step(params, grads, state)`` returns ``(params,
     state)``, one C++ call per decay flag (and per 32 leaves) on CPU for float32 params with a float32 momentum
-    (donate params and state: :func:`adam_jax.make_train_step`). Anywhere else (GPU/TPU, several CPU devices, another
-    ``mu_dtype``, a mask of arrays, ``b1`` or ``b2`` given as exactly 0.5, no kernel) ``step`` is the chain's update
-    and ``optax.apply_updates`` under jit. A ``mask`` of Python booleans (or a function of the params returning one)
-    splits the leaves into a decayed and an undecayed call.
+    (donate params and state: :func:`adam_jax.make_train_step`), bitwise the chain jitted on its own. Anywhere else
+    (GPU/TPU, several CPU devices, another ``mu_dtype``, a mask of arrays, ``b1`` or ``b2`` given as exactly 0.5 or so
+    small that ``1 - b`` rounds to 1, a float64 hyperparameter under ``jax_enable_x64``, a learning-rate schedule that
+    closes over traced values, a traced ``weight_decay``, no kernel) ``step`` is the chain's update and
+    ``optax.apply_updates`` under jit. A ``mask`` of Python booleans (or a function of the params returning one)
+    splits the leaves into a decayed and an undecayed call. Under ``jax.vmap`` with an operand shared by the batch
+    (``in_axes=None`` for the params, grads or state) XLA computes the vmapped chain's shared part once and rounds
+    the rest otherwise; the kernel equals the chain run per example (as for the Adam family).
     """
     hyper = dict(learning_rate=learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
     traced = {key: value for key, value in hyper.items() if isinstance(value, jax.core.Tracer)}
@@ -88,6 +92,11 @@ def lion(
         if not all(_kernel_leaf(*leaves) for leaves in zip(*map(jax.tree.leaves, trees))):
             return None
         if not _hyperparameters_fit(learning_rate, b1, b2, weight_decay):
+            return None
+        # A traced weight decay (fused.lion built inside a jit with a traced value, or vmapped over a grid of them):
+        # for leaves of shape (k, 3) or (k, 4) XLA then computes d + wd p with a separate product in some columns and
+        # a fused multiply-add in others (found by review: up to 64 ulp at lr 1), so no one kernel order matches.
+        if isinstance(weight_decay, jax.core.Tracer):
             return None
         return _decay_flags(weight_decay, mask, params)
 
