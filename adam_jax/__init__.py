@@ -18,7 +18,7 @@ from adam_jax.aliases import (
 )
 from adam_jax.averaging import TemporalAverageState, averaged_params, temporal_average
 from adam_jax.correction import MaxSecondMomentState, NesterovState, bias_correct, max_second_moment, nesterov_momentum
-from adam_jax.decay import decoupled_decay
+from adam_jax.decay import DecoupledDecayState, decoupled_decay
 from adam_jax.factored import Factored, FactoredMoment, scale_by_factored_rms
 from adam_jax.fused import FusedTransformation
 from adam_jax.memory import StateBytes, state_nbytes
@@ -35,6 +35,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'BlockQuantized',
+    'DecoupledDecayState',
     'Factored',
     'FactoredMoment',
     'MaxSecondMomentState',

@@ -120,6 +120,12 @@ def check_nonnegative(name: str, value: Any) -> None:
     check_range(name, value, 0.0, None)
 
 
+def check_rate_or_schedule(name: str, value: Any) -> None:
+    """A rate >= 0 (a weight decay), or a schedule: any callable, not called here."""
+    if not callable(value):
+        check_nonnegative(name, value)
+
+
 def check_learning_rate(value: Any, name: str = 'learning_rate') -> None:
     """A constant learning rate must be a finite number; a schedule (any callable) is not called here."""
     if not callable(value):

@@ -3,7 +3,7 @@ r"""Decoupled weight decay (Loshchilov & Hutter 2019, "Decoupled Weight Decay Re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -15,8 +15,33 @@ from adam_jax._tree import cast, check_same_structure, is_none
 from adam_jax.moments import reject_moments
 
 
+class DecoupledDecayState(NamedTuple):
+    """State of :func:`decoupled_decay` with a schedule: the count of steps taken, at which it is evaluated next."""
+
+    count: chex.Array
+
+
+def is_no_decay(weight_decay: Any) -> bool:
+    r"""Whether ``weight_decay`` is a Python number equal to 0: then :func:`decoupled_decay` leaves the direction as it
+    is, as ``optax.add_decayed_weights`` does (adding :math:`0 \cdot \theta` would turn an infinite param into NaN).
+    An array, even a zero one, is added as any rate is (``optax.inject_hyperparams`` passes arrays, traced under jit
+    and not in eager calls: the two then agree)."""
+    return isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool) and weight_decay == 0
+
+
+def decay_rate(weight_decay: optax.ScalarOrSchedule, state: Any) -> tuple[Any, Any]:
+    """(this step's rate, the next state) for the state of :func:`decoupled_decay` (``optax.masked``'s around it
+    too): a schedule is evaluated at the state's count, which then advances; a number is itself, its state empty."""
+    if not callable(weight_decay):
+        return weight_decay, state
+    if isinstance(state, optax.MaskedState):
+        rate, inner = decay_rate(weight_decay, state.inner_state)
+        return rate, state._replace(inner_state=inner)
+    return weight_decay(state.count), DecoupledDecayState(count=optax.safe_increment(state.count))
+
+
 def decoupled_decay(
-    weight_decay: chex.Numeric,
+    weight_decay: optax.ScalarOrSchedule,
     mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add :math:`\lambda \theta_{t-1}` to the direction.
@@ -35,15 +60,18 @@ def decoupled_decay(
     transform, the schedule multiplier after it).
 
     Args:
-      weight_decay: :math:`\lambda \ge 0`.
+      weight_decay: :math:`\lambda \ge 0`, or a schedule :math:`\lambda_t` (a function of the step count, as
+        optax's schedules; the state then counts the steps). A rate known to be 0 leaves the direction unchanged.
       mask: a tree of booleans (or a function of the params returning one)
         choosing the leaves to decay; other leaves pass through unchanged.
     """
-    _checks.check_nonnegative('weight_decay', weight_decay)
+    _checks.check_rate_or_schedule('weight_decay', weight_decay)
     _checks.check_mask('mask', mask)
 
-    def init(params: optax.Params) -> optax.EmptyState:
+    def init(params: optax.Params) -> optax.EmptyState | DecoupledDecayState:
         del params
+        if callable(weight_decay):
+            return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
         return optax.EmptyState()
 
     def update(updates, state, params=None, **extra_args):
@@ -53,9 +81,13 @@ def decoupled_decay(
             raise ValueError('decoupled_decay needs the params: call update(updates, state, params).')
         check_same_structure('updates', updates, 'params', params)  # named, instead of broadcasting wd * p
 
+        rate, state = decay_rate(weight_decay, state)
+
         def add(u, p):
             # at least the params' precision: a bfloat16 update would round lambda p away next to the direction
-            return None if u is None else cast(u + weight_decay * p, jnp.result_type(u.dtype, p.dtype))
+            if u is None:
+                return None
+            return cast(u if is_no_decay(weight_decay) else u + rate * p, jnp.result_type(u.dtype, p.dtype))
 
         return jax.tree.map(add, updates, params, is_leaf=is_none), state
 

@@ -723,3 +723,30 @@ def test_every_fused_optimizer_is_its_chain_under_inject_hyperparams_and_in_a_tr
     stepped = jax.jit(fused_opt.step)(params, grads, fused_opt.init(params))
     assert max_abs_diff(ts.params, stepped[0]) <= 1e-6  # update + apply_updates apart: within an ulp a step
     assert max_abs_diff(ts.params, params) > 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda s: fused.adamw(1e-2, weight_decay=s, mask=lambda p: {'a': True, 'b': False}),
+        lambda s: fused.nadamw(1e-2, weight_decay=s),
+        lambda s: fused.adamaxw(1e-2, weight_decay=s),
+    ],
+    ids=['adamw-mask', 'nadamw', 'adamaxw'],
+)
+def test_a_weight_decay_schedule_keeps_the_kernel_bitwise_the_chain(make):
+    # The rate of step t is schedule(t), formed from the decay state's count as the chain forms it; the count advances
+    # once a step, also where leaves of the step take the chain (one-element leaves).
+    _, state = sweep_against_the_chain(make(optax.linear_schedule(0.3, 0.0, 4)), seed=14, steps=6, non_finite_step=2)
+    decay_state = state[1].inner_state if isinstance(state[1], optax.MaskedState) else state[1]
+    assert int(decay_state.count) == 6
+    params = {'w': jnp.asarray(np.random.default_rng(15).normal(size=5000), jnp.float32)}
+    opt = fused.adamw(1e-2, weight_decay=optax.linear_schedule(0.3, 0.0, 4), mu_dtype='int8', nu_dtype='uint8')
+    state = opt.init(params)
+    assert kernel8_calls(opt.step, params, params, state) == 1
+    for t in range(5):
+        grads = jax.tree.map(lambda p, t=t: jnp.sin(p * (t + 1)), params)
+        got, want = jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state)
+        assert leaves_equal(got, want), t
+        params, state = want

@@ -118,6 +118,7 @@ def test_lion_takes_the_chain_where_the_kernel_cannot_mirror_it_and_refuses_a_fo
         fused.lion(1e-2, b1=0.5),  # XLA factors (1 - b) x + b y into 0.5 (x + y)
         fused.lion(1e-2, b2=1e-8),  # 1 - b rounds to 1: XLA drops the multiply
         fused.lion(1e-2, mask={'w': jnp.bool_(True), 'b': jnp.bool_(False)}),  # a mask of arrays
+        fused.lion(1e-2, weight_decay=optax.linear_schedule(0.3, 0.0, 4)),  # a rate unknown to XLA, as traced below
     ]
     for opt in chain_only:
         state = opt.init(params)

@@ -143,3 +143,46 @@ def test_float64_params_under_x64_are_updated_in_float64_after_a_float32_call():
         g = jnp.asarray([1 + 2.0**-40], jnp.float64)
         nu = optax.tree.get(opt.update(g, opt.init(p), p)[1], 'nu')
         assert nu.dtype == jnp.float64 and float(nu[0]) == pytest.approx(1e-3 * (1 + 2.0**-40) ** 2, rel=1e-15)
+
+
+@pytest.mark.parametrize('name', ['adamw', 'nadamw', 'adamaxw', 'lion', 'lamb'])
+def test_a_weight_decay_schedule_is_that_steps_rate_in_optax(name):
+    # weight_decay may be a schedule, as in optax's aliases: the rate of step t is schedule(t), counted by the decay's
+    # own state. The reference is optax's optimizer with that step's rate injected as a hyperparameter (independent of
+    # whether the installed optax takes a weight-decay schedule itself).
+    schedule = optax.linear_schedule(0.3, 0.0, 40)
+    mask = {'dense': {'kernel': True, 'bias': False}, 'conv': [True], 'scale': True}
+    ours = getattr(adam_jax, name)(LR, weight_decay=schedule, mask=mask)
+    reference = optax.inject_hyperparams(getattr(optax, name))(learning_rate=LR, weight_decay=0.0, mask=mask)
+    params = mixed_tree()
+    state, ref_state = ours.init(params), reference.init(params)
+    step = jax.jit(lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*ours.update(g, s, p)))
+    ref_step = jax.jit(lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*reference.update(g, s, p)))
+    p, ref_p = params, params
+    for t in range(60):
+        p, state = step(p, noisy_quadratic_grad(p, t), state)
+        ref_state.hyperparams['weight_decay'] = jnp.asarray(schedule(t), jnp.float32)
+        ref_p, ref_state = ref_step(ref_p, noisy_quadratic_grad(ref_p, t), ref_state)
+    # (injecting hyperparameters as arrays alone moves optax.adamw's params by 5.5e-6 over these 60 steps)
+    assert_trees_close(p, ref_p, atol=1e-5)
+    is_decay = lambda x: isinstance(x, adam_jax.DecoupledDecayState)  # noqa: E731
+    assert [int(s.count) for s in jax.tree.leaves(state, is_leaf=is_decay) if is_decay(s)] == [60]
+    # the schedule mattered: a constant rate of 0.3 ends elsewhere
+    assert max_diff(p, run(getattr(adam_jax, name)(LR, weight_decay=0.3, mask=mask), params, 60)) > 1e-3
+
+
+def max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_a_zero_weight_decay_number_adds_nothing_and_a_zero_array_adds_zero_times_the_params():
+    # As optax.add_decayed_weights: a Python 0 skips the decay (an infinite param stays infinite), an array is added
+    # as any rate is (0 * inf is NaN), in our chain and in optax's alike.
+    params = {'w': jnp.array([1.0, -2.0, jnp.inf, -0.0], jnp.float32)}
+    grads = {'w': jnp.array([0.5, -0.5, 0.25, 0.0], jnp.float32)}
+    for rate, finite in ((0.0, True), (0, True), (jnp.float32(0.0), False)):
+        ours, theirs = adam_jax.adamw(LR, weight_decay=rate), optax.adamw(LR, weight_decay=rate)
+        got = ours.update(grads, ours.init(params), params)[0]['w']
+        want = theirs.update(grads, theirs.init(params), params)[0]['w']
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert bool(jnp.isfinite(got[2])) == finite

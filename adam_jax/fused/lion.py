@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax import aliases
+from adam_jax.decay import decay_rate
 from adam_jax.fused.optimizer import (
     FusedTransformation,
     _check_state,
@@ -50,7 +51,7 @@ def lion(
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 0.99,
     mu_dtype: Any | None = None,
-    weight_decay: chex.Numeric = 1e-3,
+    weight_decay: optax.ScalarOrSchedule = 1e-3,
     mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> FusedTransformation:
     r""":func:`adam_jax.lion` (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2;
@@ -66,8 +67,8 @@ def lion(
     (donate params and state: :func:`adam_jax.make_train_step`), bitwise the chain jitted on its own. Anywhere else
     (GPU/TPU, several CPU devices, another ``mu_dtype``, a mask of arrays, ``b1`` or ``b2`` given as exactly 0.5 or so
     small that ``1 - b`` rounds to 1, a float64 hyperparameter under ``jax_enable_x64``, a learning-rate schedule that
-    closes over traced values, a traced ``weight_decay``, no kernel) ``step`` is the chain's update and
-    ``optax.apply_updates`` under jit. A ``mask`` of Python booleans (or a function of the params returning one)
+    closes over traced values, a traced ``weight_decay`` or a schedule of it, no kernel) ``step`` is the chain's update
+    and ``optax.apply_updates`` under jit. A ``mask`` of Python booleans (or a function of the params returning one)
     splits the leaves into a decayed and an undecayed call. Under ``jax.vmap`` with an operand shared by the batch
     (``in_axes=None`` for the params, grads or state) XLA computes the vmapped chain's shared part once and rounds
     the rest otherwise; the kernel equals the chain run per example (as for the Adam family).
@@ -93,10 +94,11 @@ def lion(
             return None
         if not _hyperparameters_fit(learning_rate, b1, b2, weight_decay):
             return None
-        # A traced weight decay (fused.lion built inside a jit with a traced value, or vmapped over a grid of them):
-        # for leaves of shape (k, 3) or (k, 4) XLA then computes d + wd p with a separate product in some columns and
-        # a fused multiply-add in others (found by review: up to 64 ulp at lr 1), so no one kernel order matches.
-        if isinstance(weight_decay, jax.core.Tracer):
+        # A weight decay unknown to XLA (traced: fused.lion built inside a jit with a traced value, or vmapped over a
+        # grid of them; or a schedule's value): for leaves of shape (k, 3) or (k, 4) XLA then computes d + wd p with a
+        # separate product in some columns and a fused multiply-add in others (found by review: up to 64 ulp at lr 1),
+        # so no one kernel order matches.
+        if isinstance(weight_decay, jax.core.Tracer) or callable(weight_decay):
             return None
         return _decay_flags(weight_decay, mask, params)
 
@@ -104,10 +106,9 @@ def lion(
         h = {**hyper, **h}
         momentum, decay_state, lr_state = state
         neg_lr, lr_state = _negative_rate(h['learning_rate'], lr_state)
+        wd, decay_state = decay_rate(h['weight_decay'], decay_state)
         b1, b2 = h['b1'], h['b2']
-        scalars = _scalars(
-            one_minus_b1=1 - b1, b1=b1, one_minus_b2=1 - b2, b2=b2, weight_decay=h['weight_decay'], neg_lr=neg_lr
-        )
+        scalars = _scalars(one_minus_b1=1 - b1, b1=b1, one_minus_b2=1 - b2, b2=b2, weight_decay=wd, neg_lr=neg_lr)
         p, treedef = jax.tree.flatten(params)
         g, m = jax.tree.leaves(grads), jax.tree.leaves(momentum.mu)
         new_p, new_m = list(p), list(m)

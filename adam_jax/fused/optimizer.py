@@ -73,6 +73,7 @@ from adam_jax.correction import (
     nesterov_coefficients,
     one_minus_power,
 )
+from adam_jax.decay import decay_rate, is_no_decay
 from adam_jax.fused import _library
 from adam_jax.moments import MomentsState, is_compressed, saturating_increment
 from adam_jax.normalize import rectifier
@@ -326,8 +327,9 @@ def _widens_to_float64(value: Any) -> bool:
 
 
 def _captures_tracers(schedule: Any) -> bool:
-    """Whether a learning-rate schedule closes over traced values (a peak rate being meta-learned): derivatives with
-    respect to those could not reach the kernels' custom_jvp rule, so such a step runs the chain."""
+    """Whether a schedule (of the learning rate or the weight decay) closes over traced values (a peak rate being
+    meta-learned): derivatives with respect to those could not reach the kernels' custom_jvp rule, so such a step runs
+    the chain."""
     if not callable(schedule):
         return False
     try:
@@ -379,7 +381,7 @@ def _decay_flags(weight_decay: Any, mask: Any, params: Any) -> list[bool] | None
     """Whether each leaf of ``params`` is decayed, for a mask of Python booleans (or a function returning one); None
     for a mask of arrays (only the chain can apply it)."""
     n = len(jax.tree.leaves(params))
-    if weight_decay is None:
+    if weight_decay is None or is_no_decay(weight_decay):  # the chain adds nothing: the kernels' undecayed loops
         return [False] * n
     if mask is None:
         return [True] * n
@@ -403,7 +405,7 @@ def _hyperparameters_fit(learning_rate: Any, b1: Any, b2: Any, *others: Any) -> 
         and not any(map(_is_known_half, (b1, b2)))
         and not any(map(_one_minus_rounds_to_one, (b1, b2)))
         and not any(map(_widens_to_float64, (learning_rate, b1, b2, *others)))
-        and not _captures_tracers(learning_rate)
+        and not any(map(_captures_tracers, (learning_rate, *others)))  # schedules (of the lr, the weight decay)
     )
 
 
@@ -556,7 +558,8 @@ def _fused(
         count = saturating_increment(moments.count)
         learning_rate, b1, b2, eps, eps_root = (h[k] for k in ('learning_rate', 'b1', 'b2', 'eps', 'eps_root'))
         neg_lr, lr_state = _negative_rate(learning_rate, lr_state)
-        wd = 0.0 if h['weight_decay'] is None else h['weight_decay']
+        # AdamW's decay state sits after the direction's chain (a schedule's count advances there, after the step)
+        wd, decay_state = (0.0, None) if h['weight_decay'] is None else decay_rate(h['weight_decay'], state[1])
         if correct_mu:  # as the chain's bias_correct refuses them
             check_correctable('b1', b1, params, False)
         if correct_nu and not infinity_norm:  # AdaMax's u_t is not corrected
@@ -613,7 +616,10 @@ def _fused(
             nu=jax.tree.unflatten(_moment_structure(moments.nu), new_v),
         )
         nu_max = jax.tree.unflatten(jax.tree.structure(nu_max), new_w[0]) if running_max else None
-        return jax.tree.unflatten(treedef, new_p), repack(state, moments, nu_max, lr_state)
+        new_state = repack(state, moments, nu_max, lr_state)
+        if decay_state is not None:
+            new_state = (new_state[0], decay_state, *new_state[2:])
+        return jax.tree.unflatten(treedef, new_p), new_state
 
     def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
         """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
@@ -704,7 +710,7 @@ def adamw(
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
     *,
-    weight_decay: chex.Numeric = 1e-4,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
@@ -724,7 +730,7 @@ def adamw(
     decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain. ``nesterov=True`` is
     :func:`nadamw`.
     """
-    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
+    _checks.check_rate_or_schedule('weight_decay', weight_decay)  # None would be the undecayed optimizer
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
 
 
@@ -763,7 +769,7 @@ def nadamw(
     eps: chex.Numeric = 1e-8,
     eps_root: chex.Numeric = 0.0,
     *,
-    weight_decay: chex.Numeric = 1e-4,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
     mu_dtype: Any | None = None,
     nu_dtype: Any | None = None,
@@ -772,7 +778,7 @@ def nadamw(
     r""":func:`adam_jax.nadamw` (:func:`nadam`'s direction with decoupled weight decay; ``optax.nadamw``) with a
     fused, in-place ``step``. Arguments as :func:`adamw`'s (``weight_decay`` and after are keyword-only);
     ``nesterov=False`` gives :func:`adamw`."""
-    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
+    _checks.check_rate_or_schedule('weight_decay', weight_decay)  # None would be the undecayed optimizer
     return _fused(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, mu_dtype, nu_dtype, nesterov)
 
 
@@ -804,7 +810,7 @@ def adamaxw(
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 0.999,
     eps: chex.Numeric = 1e-8,
-    weight_decay: chex.Numeric = 1e-4,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
     *,
     mu_dtype: Any | None = None,
@@ -813,7 +819,7 @@ def adamaxw(
     r""":func:`adam_jax.adamaxw` (:func:`adamax`'s direction with decoupled weight decay; ``optax.adamaxw``) with a
     fused, in-place ``step``. A ``mask`` of Python booleans (or a function of the params returning one) splits the
     leaves into a decayed and an undecayed call; a mask of arrays makes ``step`` use the composed chain."""
-    _checks.check_nonnegative('weight_decay', weight_decay)  # None would be the undecayed optimizer
+    _checks.check_rate_or_schedule('weight_decay', weight_decay)  # None would be the undecayed optimizer
     return _fused(learning_rate, b1, b2, eps, 0.0, weight_decay, mask, mu_dtype, nu_dtype, False, 'adamax')
 
 
