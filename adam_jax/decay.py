@@ -37,6 +37,12 @@ def decay_rate(weight_decay: optax.ScalarOrSchedule, state: Any) -> tuple[Any, A
     if isinstance(state, optax.MaskedState):
         rate, inner = decay_rate(weight_decay, state.inner_state)
         return rate, state._replace(inner_state=inner)
+    if not isinstance(state, DecoupledDecayState):
+        raise TypeError(
+            'decoupled_decay with a weight_decay schedule needs the state its init made (adam_jax.DecoupledDecayState, '
+            f'the count of steps); got {type(state).__name__}. A state made with a number as weight_decay (an older '
+            'checkpoint, say) has no count: initialize anew, or rebuild the state with DecoupledDecayState(count=t).'
+        )
     return weight_decay(state.count), DecoupledDecayState(count=optax.safe_increment(state.count))
 
 
@@ -61,7 +67,8 @@ def decoupled_decay(
 
     Args:
       weight_decay: :math:`\lambda \ge 0`, or a schedule :math:`\lambda_t` (a function of the step count, as
-        optax's schedules; the state then counts the steps). A rate known to be 0 leaves the direction unchanged.
+        optax's schedules; the state then counts the steps). A Python number equal to 0 (an ``int`` or ``float``,
+        ``np.float64`` included) leaves the direction unchanged; an array is added as any rate, 0 included.
       mask: a tree of booleans (or a function of the params returning one)
         choosing the leaves to decay; other leaves pass through unchanged.
     """

@@ -186,3 +186,11 @@ def test_a_zero_weight_decay_number_adds_nothing_and_a_zero_array_adds_zero_time
         want = theirs.update(grads, theirs.init(params), params)[0]['w']
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         assert bool(jnp.isfinite(got[2])) == finite
+
+
+def test_a_weight_decay_schedule_refuses_the_state_of_a_number_rate_by_name():
+    # (a review found `EmptyState.count`, a tuple method, reaching the schedule: an obscure TypeError, as in optax)
+    params = {'w': jnp.ones((8, 3))}
+    scheduled = adam_jax.adamw(1e-2, weight_decay=optax.linear_schedule(0.1, 0.0, 5))
+    with pytest.raises(TypeError, match=r'weight_decay schedule needs the state its init made .*got EmptyState'):
+        scheduled.update(params, adam_jax.adamw(1e-2, weight_decay=0.1).init(params), params)

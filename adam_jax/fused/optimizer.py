@@ -318,9 +318,17 @@ def _one_minus_rounds_to_one(value: Any) -> bool:
 
 def _widens_to_float64(value: Any) -> bool:
     """Whether a hyperparameter makes the chain compute in float64: with ``jax_enable_x64`` on, a strongly typed
-    float64 value (a NumPy float64, a float64 array that is not weakly typed) promotes the float32 arithmetic
-    of the chain, which the float32 kernels cannot mirror. Python floats are weakly typed and do not."""
-    if not jax.config.jax_enable_x64 or callable(value) or getattr(value, 'weak_type', False):
+    float64 value (a NumPy float64, a float64 array that is not weakly typed; for a schedule, the value it returns)
+    promotes the float32 arithmetic of the chain, which the float32 kernels cannot mirror. Python floats are weakly
+    typed and do not. (A review found a weight-decay schedule returning ``np.float64`` 14 elements off the chain.)"""
+    if not jax.config.jax_enable_x64:
+        return False
+    if callable(value):
+        try:
+            value = jax.eval_shape(value, jnp.zeros((), jnp.int32))
+        except Exception:  # a schedule that cannot be traced on its own: leave it to the chain
+            return True
+    if getattr(value, 'weak_type', False):
         return False
     dtype = getattr(value, 'dtype', None)
     return dtype is not None and jnp.dtype(dtype) in (jnp.dtype(jnp.float64), jnp.dtype(jnp.complex128))
