@@ -18,6 +18,7 @@ from tests.conftest import mixed_tree
 from tests.test_fused import (
     MASK,
     SPECIAL_VALUES,
+    assert_100_steps_equal_the_chain_and_optax,
     chain_step,
     grad_fn,
     kernel_calls,
@@ -27,7 +28,6 @@ from tests.test_fused import (
     same_bits,
     special_value_grid,
     sweep_against_the_chain,
-    train,
 )
 
 pytestmark = pytest.mark.usefixtures('on_cpu')
@@ -50,20 +50,7 @@ def with_momentum(opt, params, mu):
 
 @pytest.mark.parametrize('case', CASES)
 def test_lion_step_equals_the_chain_and_optax_over_100_steps(case):
-    opt, reference = CASES[case]()
-    params = mixed_tree()
-    state = opt.init(params)
-    copies = jax.tree.map(jnp.copy, (params, state))  # donated below
-    fused_out = train(jax.jit(opt.step, donate_argnums=(0, 2)), *copies, 100)
-    update = jax.jit(opt.update)  # the chain as optax users run it: update and apply_updates apart
-    chain_out = train(
-        lambda p, g, s: (lambda u, s: (optax.apply_updates(p, u), s))(*update(g, s, p)), params, state, 100
-    )
-    assert max_abs_diff(fused_out, chain_out) <= 1e-6
-    optax_params, _ = train(jax.jit(chain_step(reference)), params, reference.init(params), 100)
-    assert max_abs_diff(fused_out[0], optax_params) <= 1e-5
-    assert max_abs_diff(fused_out[0], params) > 0.05  # the params moved: the equalities are not trivial
-    assert jax.tree.structure(fused_out[1]) == jax.tree.structure(state)
+    assert_100_steps_equal_the_chain_and_optax(*CASES[case](), moved=0.05)
 
 
 @needs_kernel
