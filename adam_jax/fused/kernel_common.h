@@ -75,15 +75,15 @@ inline float Fma(float a, float b, float c) {
   }
 }
 
-// One element of the step as XLA compiles the chain (Kingma & Ba 2014, Algorithm 1; AdamW's decoupled decay):
-// m_t and v_t from the old moments, then theta_t with r_i = 1 / (1 - b_i^t). Shared by the float32 loop and the
-// scalar code of the 8-bit kernel, so both do the same float32 operations in the same order.
 // An EMA (1 - b) x + b old, where XLA fuses the new term's product.
 template <bool kFma>
 inline float Ema(float one_minus_b, float b, float x, float old) {
   return Fma<kFma>(one_minus_b, x, b * old);
 }
 
+// One element of the step as XLA compiles the chain (Kingma & Ba 2014, Algorithm 1; AdamW's decoupled decay):
+// m_t and v_t from the old moments, then theta_t with r_i = 1 / (1 - b_i^t). Shared by the float32 loop and the
+// scalar code of the 8-bit kernel, so both do the same float32 operations in the same order.
 template <bool kFma>
 inline float FirstMoment(const Hyper& h, float g, float m) {
   return Ema<kFma>(h.one_minus_b1, h.b1, g, m);
