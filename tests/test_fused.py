@@ -763,3 +763,19 @@ def test_a_weight_decay_schedule_keeps_the_kernel_bitwise_the_chain(make):
         got, want = jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state)
         assert leaves_equal(got, want), t
         params, state = want
+
+
+@needs_kernel
+@pytest.mark.parametrize('make', [fused.adamw, fused.nadamw, fused.adamaxw, fused.lion])
+def test_a_zero_weight_decay_number_is_the_undecayed_loop_and_an_array_zero_is_added(make):
+    # A Python 0 adds nothing in the chain (as optax): the kernel takes its undecayed loop, and an infinite param stays
+    # infinite; a zero array is added as any rate (0 * inf is NaN), in the chain and in the kernel's decayed loop.
+    params = {'w': jnp.asarray(np.r_[np.inf, -np.inf, np.linspace(-1, 1, 998)], jnp.float32)}
+    grads = {'w': jnp.cos(jnp.linspace(0, 9, 1000))}
+    for rate, finite in ((0.0, False), (jnp.float32(0.0), True)):
+        opt = make(1e-2, weight_decay=rate)
+        state = opt.init(params)
+        assert kernel_calls(opt.step, params, grads, state) == 1
+        got = jax.jit(opt.step)(params, grads, state)
+        assert same_bits(got, jax.jit(chain_step(opt))(params, grads, state))
+        assert bool(jnp.isnan(got[0]['w'][0])) == finite and bool(jnp.isinf(got[0]['w'][1])) != finite

@@ -189,3 +189,23 @@ def test_complex_params_are_refused_with_torchs_real_view_as_the_way(name):
     # of |g|^2, so a preset would silently leave torch's trajectory (0.14-0.90 relative after 30 steps).
     with pytest.raises(TypeError, match=r"the leaf at \['z'\] is complex \(complex64\).*view_as_real"):
         getattr(presets, name)().init({'z': jnp.ones(3, jnp.complex64), 'w': jnp.ones(2)})
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw', 'nadam', 'radam', 'adamax'])
+def test_a_zero_weight_decay_leaves_an_infinite_param_infinite_as_torch(name):
+    # torch skips weight_decay=0 (L2) or multiplies by 1 - lr * 0 (decoupled); the presets' decay adds nothing for a
+    # Python 0 (before, 0 * inf made the param NaN).
+    kwargs = dict(weight_decay=0.0, **({'decoupled_weight_decay': True} if name in ('nadam', 'radam') else {}))
+    p0, g0 = np.array([np.inf, 1.0, -2.0], np.float32), np.array([0.5, 0.5, -1.0], np.float32)
+    params = torch.tensor(p0, requires_grad=True)
+    cls = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW, 'nadam': torch.optim.NAdam}.get(name)
+    opt = (cls or {'radam': torch.optim.RAdam, 'adamax': torch.optim.Adamax}[name])([params], **kwargs)
+    params.grad = torch.tensor(g0)
+    opt.step()
+    tx = getattr(presets, name)(**kwargs)
+    theta = jnp.asarray(p0)
+    updates, _ = tx.update(jnp.asarray(g0), tx.init(theta), theta)
+    got = np.asarray(optax.apply_updates(theta, updates))
+    want = params.detach().numpy()
+    assert np.isinf(got[0]) and np.isinf(want[0])
+    np.testing.assert_allclose(got[1:], want[1:], rtol=1e-6)

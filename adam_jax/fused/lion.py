@@ -71,8 +71,8 @@ def lion(
     and ``optax.apply_updates`` under jit. A ``mask`` of Python booleans (or a function of the params returning one)
     splits the leaves into a decayed and an undecayed call. ``update`` is the chain's: a kernel that wrote the updates
     over the gradients (tried, bitwise the chain's ``update``) took 0.83-0.85x ``optax.lion``'s time in a jitted train
-    step at 16M params whose gradient is computed in the same jit, but 1.13-1.16x with the gradients passed into the
-    jit (XLA then copies them into a fresh buffer to write over); ``step`` there took 0.60-0.62x. Under ``jax.vmap``
+    step at 16M params whose gradient is computed in the same jit (where ``step`` took 0.60-0.62x), but 1.13-1.17x
+    with the gradients passed into the jit (XLA then copies them into a fresh buffer to write over). Under ``jax.vmap``
     with an operand shared by the batch (``in_axes=None`` for the params, grads or state) XLA computes the vmapped
     chain's shared part once and rounds the rest otherwise; the kernel equals the chain run per example (as for the
     Adam family).
