@@ -74,6 +74,7 @@ def decoupled_decay(
     """
     _checks.check_rate_or_schedule('weight_decay', weight_decay)
     _checks.check_mask('mask', mask)
+    skip = is_no_decay(weight_decay)  # known when the transform is made
 
     def init(params: optax.Params) -> optax.EmptyState | DecoupledDecayState:
         del params
@@ -94,7 +95,7 @@ def decoupled_decay(
             # at least the params' precision: a bfloat16 update would round lambda p away next to the direction
             if u is None:
                 return None
-            return cast(u if is_no_decay(weight_decay) else u + rate * p, jnp.result_type(u.dtype, p.dtype))
+            return cast(u if skip else u + rate * p, jnp.result_type(u.dtype, p.dtype))
 
         return jax.tree.map(add, updates, params, is_leaf=is_none), state
 
