@@ -44,6 +44,7 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
                                                 float* __restrict m, float* __restrict v, float* __restrict w,
                                                 int64_t n, const Hyper h) {
   if constexpr (kFamily == Family::kLion) {  // one moment: v and w are not read
+#pragma GCC unroll 4
     for (int64_t i = 0; i < n; ++i) {
       const float d = Decayed<kFma, kDecay>(h, p[i], LionDirection<kFma>(h, g[i], m[i]));
       m[i] = LionMomentum<kFma>(h, g[i], m[i]);
@@ -52,6 +53,10 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
     return;
   }
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
+  // Four vectors per iteration: more loads in flight beside the square root and the division. It is the same
+  // arithmetic per element; in the minutes when this machine's memory runs fast (a 16M-param step in ~4.3 ms) the
+  // unrolled loop took 0.95x the time of the plain one (a C++ harness, 782 rounds), and the same in the slow ones.
+#pragma GCC unroll 4
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);
     float vi;

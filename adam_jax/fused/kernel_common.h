@@ -196,29 +196,48 @@ inline bool Overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_by
   return x < y + b_bytes && y < x + a_bytes;
 }
 
-// Calls fn(item, scratch) for item in [0, n) on the calling thread and up to pool.num_threads() - 1 helpers;
+// Calls fn(item, scratch) for item in [0, n) on the calling thread and up to pool.num_threads() helpers;
 // scratch is a per-thread std::vector<float>. The caller works too and waits only for the items, never for
 // the helpers themselves: a helper that starts late finds no item left and returns without touching fn, so
 // a busy pool cannot deadlock the step and fn may live on the caller's stack.
+//
+// The items are cut into pool.num_threads() contiguous ranges, one per worker in the order they start; a worker
+// takes the items of its range in order, then helps finish the others (the items still in order). Measured on a
+// 2-core machine at 16M params (C++ harness, 1134 rounds in the minutes when its memory ran fast): a worker
+// streaming one contiguous range took 0.95x the time of two workers taking every other item, and the same in the
+// slow minutes; whatever a prefetcher does across an item's end, one range per core keeps each stream unbroken.
+// Every pool thread is asked, so the caller makes one worker more than there are ranges: with one helper fewer,
+// that helper started more than 0.3 ms late in 13% of the 16M-param steps (1.46 ms at the 90th percentile; XLA
+// calls the kernel on the Python thread and wakes one of its 2 pool threads), while with both asked the first
+// to start was that late in 1 of 802 steps. The worker left without a range only helps with the others'.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
   if (n <= 0) return;
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
+  const int64_t ranges = std::clamp<int64_t>(pool.num_threads(), 1, n);
+  struct Shared {
+    explicit Shared(int64_t ranges) : next(ranges) {}
+    std::vector<std::atomic<int64_t>> next;  // the next item of each range
+    std::atomic<int64_t> workers{0}, done{0};
   };
-  auto counters = std::make_shared<Counters>();
+  auto shared = std::make_shared<Shared>(ranges);
+  for (int64_t r = 0; r < ranges; ++r) shared->next[r].store(n * r / ranges, std::memory_order_relaxed);
   const Fn* body = &fn;
-  auto run = [counters, body, n] {
+  auto run = [shared, body, n, ranges] {
     std::vector<float> scratch;
-    for (int64_t i = counters->next.fetch_add(1); i < n; i = counters->next.fetch_add(1)) {
-      (*body)(i, scratch);
-      counters->done.fetch_add(1, std::memory_order_release);
+    const int64_t first = shared->workers.fetch_add(1) % ranges;
+    for (int64_t k = 0; k < ranges; ++k) {
+      const int64_t r = (first + k) % ranges, end = n * (r + 1) / ranges;
+      for (int64_t i = shared->next[r].fetch_add(1); i < end; i = shared->next[r].fetch_add(1)) {
+        (*body)(i, scratch);
+        shared->done.fetch_add(1, std::memory_order_release);
+      }
     }
   };
-  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads() - 1, 0), n - 1);
+  // (A pool of one thread means one core here: a helper could only take turns with the caller.)
+  const int64_t helpers = pool.num_threads() > 1 ? std::min<int64_t>(pool.num_threads(), n - 1) : 0;
   for (int64_t k = 0; k < helpers; ++k) pool.Schedule([run] { run(); });
   run();
-  while (counters->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
 }
 
 // Elements per work item: 1.75 MiB of traffic at 28 B/param, enough to hide the scheduling.
