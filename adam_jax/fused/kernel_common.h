@@ -196,20 +196,18 @@ inline bool Overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_by
   return x < y + b_bytes && y < x + a_bytes;
 }
 
-// Calls fn(item, scratch) for item in [0, n) on the calling thread and up to pool.num_threads() helpers;
+// Calls fn(item, scratch) for item in [0, n) on the calling thread and up to pool.num_threads() - 1 helpers;
 // scratch is a per-thread std::vector<float>. The caller works too and waits only for the items, never for
 // the helpers themselves: a helper that starts late finds no item left and returns without touching fn, so
 // a busy pool cannot deadlock the step and fn may live on the caller's stack.
 //
-// The items are cut into pool.num_threads() contiguous ranges, one per worker in the order they start; a worker
-// takes the items of its range in order, then helps finish the others (the items still in order). Measured on a
-// 2-core machine at 16M params (C++ harness, 1134 rounds in the minutes when its memory ran fast): a worker
-// streaming one contiguous range took 0.95x the time of two workers taking every other item, and the same in the
-// slow minutes; whatever a prefetcher does across an item's end, one range per core keeps each stream unbroken.
-// Every pool thread is asked, so the caller makes one worker more than there are ranges: with one helper fewer,
-// that helper started more than 0.3 ms late in 13% of the 16M-param steps (1.46 ms at the 90th percentile; XLA
-// calls the kernel on the Python thread and wakes one of its 2 pool threads), while with both asked the first
-// to start was that late in 1 of 802 steps. The worker left without a range only helps with the others'.
+// The items are cut into one contiguous range per worker, taken by the workers in the order they start; a worker
+// takes the items of its range in order, then helps finish the others' (still in order), so a late helper costs
+// no more than before. Measured on this project's 2-core machine at 16M params, in the minutes when its memory ran
+// fast: a C++ harness streaming one contiguous range per core took 0.95x the time of two workers taking every
+// other 64K-element item (1134 rounds; the same in the slow minutes), and in benchmark workers this split with the
+// unrolled loops took 1.00x torch's fused Adam against 1.10x before (344 rounds; slow rounds 0.98x both). Asking
+// every pool thread (one worker more than the cores) made late helpers rare but took 1.18x there: not done.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
   if (n <= 0) return;
@@ -233,8 +231,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
       }
     }
   };
-  // (A pool of one thread means one core here: a helper could only take turns with the caller.)
-  const int64_t helpers = pool.num_threads() > 1 ? std::min<int64_t>(pool.num_threads(), n - 1) : 0;
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(pool.num_threads() - 1, 0), n - 1);
   for (int64_t k = 0; k < helpers; ++k) pool.Schedule([run] { run(); });
   run();
   while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
