@@ -24,8 +24,9 @@
 //
 // Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n],
 // grads[n], mu[n], nu[n] (none for Lion) [, AMSGrad's running maximum w[n]]; results: params[n], mu[n], nu[n]
-// [, w[n]], aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks that the
-// calling thread and XLA's intra-op thread pool take in turn, so 1000 small leaves cost one call.
+// [, w[n]], aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks, and the
+// calling thread and XLA's intra-op pool threads each stream one contiguous range of them (ParallelFor), so 1000
+// small leaves cost one call.
 
 #include <algorithm>
 #include <cmath>
