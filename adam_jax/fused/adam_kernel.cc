@@ -25,8 +25,8 @@
 // Operands: scalars f32[kNumScalars] (f32[batch, kNumScalars] under vmap: see ReadHypers), then params[n],
 // grads[n], mu[n], nu[n] (none for Lion) [, AMSGrad's running maximum w[n]]; results: params[n], mu[n], nu[n]
 // [, w[n]], aliased to the inputs by the caller so the update is in place. The leaves are cut into chunks, and the
-// calling thread and XLA's intra-op pool threads each stream one contiguous range of them (ParallelFor), so 1000
-// small leaves cost one call.
+// calling thread and pool.num_threads() - 1 of XLA's intra-op pool threads each stream one contiguous range of them
+// (ParallelFor; a range is shared when its helper starts late), so 1000 small leaves cost one call.
 
 #include <algorithm>
 #include <cmath>
@@ -56,7 +56,8 @@ __attribute__((always_inline)) inline void Loop(float* __restrict p, const float
   const float r1 = 1.0f / h.c1, r2 = 1.0f / h.c2;
   // Four vectors per iteration: more loads in flight beside the square root and the division. It is the same
   // arithmetic per element; in the minutes when this machine's memory runs fast (a 16M-param step in ~4.3 ms) the
-  // unrolled loop took 0.95x the time of the plain one (a C++ harness, 782 rounds), and the same in the slow ones.
+  // unrolled loop took 0.92-0.95x the time of the plain one (a C++ harness, 782 and 1134 rounds); in the slow minutes
+  // they take the same time (memory-bound).
 #pragma GCC unroll 4
   for (int64_t i = 0; i < n; ++i) {
     const float mi = FirstMoment<kFma>(h, g[i], m[i]);

@@ -205,9 +205,10 @@ inline bool Overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_by
 // takes the items of its range in order, then helps finish the others' (still in order), so a late helper costs
 // no more than before. Measured on this project's 2-core machine at 16M params, in the minutes when its memory ran
 // fast: a C++ harness streaming one contiguous range per core took 0.95x the time of two workers taking every
-// other 64K-element item (1134 rounds; the same in the slow minutes), and in benchmark workers this split with the
-// unrolled loops took 1.00x torch's fused Adam against 1.10x before (344 rounds; slow rounds 0.98x both). Asking
-// every pool thread (one worker more than the cores) made late helpers rare but took 1.18x there: not done.
+// other 64K-element item (1134 rounds; in the slow minutes both take the same time), and in benchmark workers this
+// split with the unrolled loops took 1.00x the time of torch's fused Adam against 1.10x before (344 fast rounds;
+// 0.98x both in the slow ones). Asking every pool thread (one worker more than the cores) made late helpers rare,
+// but in those fast rounds the step took 1.18x torch's time: not done.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
   if (n <= 0) return;
