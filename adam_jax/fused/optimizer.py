@@ -533,15 +533,16 @@ def _fused(
             return state[0], None if at is None else state[at].nu_max, state[-1]
         return state[0][0], None, state[-1]
 
-    def repack(state, moments, nu_max, lr_state):
-        """``state`` with these moments, running maxima (AMSGrad) and learning rate state."""
+    def repack(state, moments, nu_max, lr_state, decay_state=None):
+        """``state`` with these moments, running maxima (AMSGrad) and learning rate state, and where given the
+        decoupled decay's state (the W variants': it sits between the direction's chain and the learning rate)."""
         if isinstance(layout, _Flat):
             new = [moments, *state[1:-1], lr_state]
             if layout.running_max_at is not None:
                 new[layout.running_max_at] = state[layout.running_max_at]._replace(nu_max=nu_max)
             return tuple(new)
         (_, *direction_rest), *middle, _ = state
-        return ((moments, *direction_rest), *middle, lr_state)
+        return ((moments, *direction_rest), *(middle if decay_state is None else [decay_state]), lr_state)
 
     def chain_leaves(index, p, g, moment_lists, state, decay_flags, updates, h):
         """The chain for leaves ``index`` of the flat lists: their new params (or, with ``updates``, their updates),
@@ -624,10 +625,7 @@ def _fused(
             nu=jax.tree.unflatten(_moment_structure(moments.nu), new_v),
         )
         nu_max = jax.tree.unflatten(jax.tree.structure(nu_max), new_w[0]) if running_max else None
-        new_state = repack(state, moments, nu_max, lr_state)
-        if decay_state is not None:
-            new_state = (new_state[0], decay_state, *new_state[2:])
-        return jax.tree.unflatten(treedef, new_p), new_state
+        return jax.tree.unflatten(treedef, new_p), repack(state, moments, nu_max, lr_state, decay_state)
 
     def kernel_plan(params, grads, state) -> tuple[list[bool], list[tuple]] | None:
         """(decay flags, kernel kind) per leaf where the kernels can take this step; None where only the chain can."""
