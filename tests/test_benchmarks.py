@@ -110,11 +110,20 @@ def test_first_call_splits_trace_lower_and_compile_per_implementation():
     assert len(result['rounds'][first_call.OPTAX]) == 1
 
 
-def test_train_step_times_every_setup_of_both_modes(capsys):
+def test_train_step_times_every_setup_of_its_three_modes(capsys):
     from benchmarks import train_step
 
-    for mode, names in (([], ['optax tree', 'adam_jax tree', 'adam_jax flat']), (['--eight-bit'], None)):
-        medians = train_step.main([*mode, '--params', '32768', '--leaves', '4', '--rounds', '1', '--steps', '1'])
-        assert list(medians) == (names or ['fp32 chain', '8-bit chain', '8-bit update', '8-bit step'])
+    modes = (
+        ([], ['optax tree', 'adam_jax tree', 'adam_jax flat']),
+        (['--eight-bit'], ['fp32 chain', '8-bit chain', '8-bit update', '8-bit step']),
+        (['--nnx'], ['nnx.Optimizer optax.adamw', 'optax.adamw tree', 'adam_jax tree', 'adam_jax flat']),
+    )
+    for mode, names in modes:
+        medians = train_step.main([*mode, '--params', '32768', '--leaves', '4', '--rounds', '2', '--steps', '1'])
+        assert list(medians) == names
         assert all(t > 0 for t in medians.values())
-        assert f'| {next(iter(medians))} |' in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f'| {names[0]} |' in out and f'| {names[-1]} |' in out
+    assert 'NNX MLP of 2 layers' in out
+    with pytest.raises(SystemExit):
+        train_step.main(['--nnx', '--eight-bit'])

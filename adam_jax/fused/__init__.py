@@ -9,6 +9,7 @@ from adam_jax.fused._library import available, status
 from adam_jax.fused.lion import lion
 from adam_jax.fused.optimizer import (
     FusedTransformation,
+    GradientParts,
     adabelief,
     adam,
     adamax,
@@ -22,6 +23,7 @@ from adam_jax.fused.optimizer import (
 
 __all__ = [
     'FusedTransformation',
+    'GradientParts',
     'adabelief',
     'adam',
     'adamax',

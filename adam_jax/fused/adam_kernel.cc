@@ -206,8 +206,70 @@ void Segment(const Leaf& leaf, int64_t lo, int64_t hi, Variant x, std::vector<fl
   ChosenIsa().loop(p, g, m, v, w, n, *leaf.h, x);
 }
 
+// Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
+ffi::Error Run(ffi::ThreadPool& pool, const std::vector<Leaf>& leaves, int64_t total, Variant variant) {
+  ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
+    const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
+    auto it = std::upper_bound(leaves.begin(), leaves.end(), lo,
+                               [](int64_t x, const Leaf& leaf) { return x < leaf.start; });
+    for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
+      const int64_t a = std::max(lo, leaf->start) - leaf->start;
+      const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
+      if (b > a) Segment(*leaf, a, b, variant, scratch);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// Parts mode (offset >= 0): params, mu [, nu [, w]] are one flat buffer each, aliased to the results, and the grads
+// are the gradients of consecutive parts of them, starting at element `offset` (the leaves a flat parameter vector is
+// cut into by jax.flatten_util.ravel_pytree's unravel). The grads are read where the backward pass left them, so the
+// step never concatenates them into a flat gradient (on CPU a fresh 64 MB buffer at 16M params, whose page faults
+// cost more than the step). One problem only (the caller runs a vmapped batch sequentially).
+ffi::Error Parts(const std::vector<Hyper>& hypers, ffi::RemainingArgs& args, ffi::RemainingRets& rets, size_t groups,
+                 int64_t offset, std::vector<Leaf>& leaves, int64_t& total) {
+  const size_t flats = groups - 1;  // params, mu [, nu [, w]]: the operand groups but the grads
+  if (hypers.size() != 1) return ffi::Error::InvalidArgument("adam_jax fused Adam: parts take one problem");
+  if (rets.size() != flats || args.size() <= flats) {
+    return ffi::Error::InvalidArgument("adam_jax fused Adam: parts take one flat buffer per result and the grads");
+  }
+  float* in[4] = {nullptr, nullptr, nullptr, nullptr};
+  float* out[4] = {nullptr, nullptr, nullptr, nullptr};
+  int64_t size = -1;
+  for (size_t k = 0; k < flats; ++k) {
+    auto a = *args.get<ffi::AnyBuffer>(k);
+    auto r = *rets.get<ffi::AnyBuffer>(k);
+    if (size < 0) size = static_cast<int64_t>(a.element_count());
+    if (a.element_type() != ffi::F32 || r->element_type() != ffi::F32 ||
+        static_cast<int64_t>(a.element_count()) != size || static_cast<int64_t>(r->element_count()) != size) {
+      return ffi::Error::InvalidArgument("adam_jax fused Adam: the flat buffers must be float32 and shaped alike");
+    }
+    in[k] = a.typed_data<float>();
+    out[k] = r->typed_data<float>();
+    CopyIfNotAliased(out[k], in[k], size);  // the whole buffer: this call updates only its parts
+  }
+  // Group k of a Leaf (params, grads, mu, nu, w) is flat buffer k, or k - 1 past the grads; null where absent.
+  auto flat = [&](size_t group, int64_t o) -> float* {
+    if (group == 0) return out[0] + o;
+    return group - 1 < flats ? out[group - 1] + o : nullptr;
+  };
+  int64_t o = offset;
+  for (size_t i = flats; i < args.size(); ++i) {
+    auto g = *args.get<ffi::AnyBuffer>(i);
+    const int64_t part = static_cast<int64_t>(g.element_count());
+    if (g.element_type() != ffi::F32 || o + part > size) {
+      return ffi::Error::InvalidArgument("adam_jax fused Adam: the parts must be float32 and fit the flat buffers");
+    }
+    float *p = flat(0, o), *m = flat(2, o), *v = flat(3, o), *w = flat(4, o);
+    leaves.push_back(Leaf{p, g.typed_data<float>(), m, v, w, p, m, v, w, part, total, &hypers[0]});
+    total += part;
+    o += part;
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::RemainingArgs args,
-                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t family_id) {
+                    ffi::RemainingRets rets, int32_t decay, int32_t nesterov, int32_t family_id, int64_t offset) {
   const std::vector<Hyper> hypers = ReadHypers(scalars.typed_data(), scalars.element_count());
   if (hypers.empty()) return ffi::Error::InvalidArgument("adam_jax fused Adam: expected 15 scalars per problem");
   // The variants the loops have: decay for Adam, AdaMax and Lion, the look-ahead for Adam and RAdam.
@@ -222,15 +284,20 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
   const int64_t batch = static_cast<int64_t>(hypers.size());
   // Operand groups: params, grads, mu [, nu [, AMSGrad's running maximum]]; results: params, mu [, nu [, maximum]].
   const size_t groups = family == Family::kLion ? 3 : family == Family::kAmsgrad ? 5 : 4;
+  std::vector<Leaf> leaves;
+  int64_t total = 0;
+  if (offset >= 0) {
+    const ffi::Error error = Parts(hypers, args, rets, groups, offset, leaves, total);
+    if (error.failure()) return error;
+    return Run(pool, leaves, total, Variant{decay != 0, nesterov != 0, family});
+  }
   const size_t n = rets.size() / (groups - 1);
   if (rets.size() != (groups - 1) * n || args.size() != groups * n) {
     return ffi::Error::InvalidArgument(groups == 3   ? "adam_jax fused Lion: expected 3n operands and 2n results"
                                        : groups == 5 ? "adam_jax fused AMSGrad: expected 5n operands and 4n results"
                                                      : "adam_jax fused Adam: expected 4n operands and 3n results");
   }
-  std::vector<Leaf> leaves;
   leaves.reserve(n * batch);
-  int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     std::vector<ffi::AnyBuffer> in;
     std::vector<ffi::Result<ffi::AnyBuffer>> out;
@@ -260,19 +327,7 @@ ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, ffi::Re
       total += part;
     }
   }
-  const Variant variant{decay != 0, nesterov != 0, family};
-  // Work items: chunks of kItemElements of the concatenated leaves, so 1000 small leaves cost one call.
-  ParallelFor(pool, (total + kItemElements - 1) / kItemElements, [&](int64_t c, std::vector<float>& scratch) {
-    const int64_t lo = c * kItemElements, hi = std::min(total, lo + kItemElements);
-    auto it = std::upper_bound(leaves.begin(), leaves.end(), lo,
-                               [](int64_t x, const Leaf& leaf) { return x < leaf.start; });
-    for (auto leaf = it - 1; leaf != leaves.end() && leaf->start < hi; ++leaf) {
-      const int64_t a = std::max(lo, leaf->start) - leaf->start;
-      const int64_t b = std::min(hi, leaf->start + leaf->size) - leaf->start;
-      if (b > a) Segment(*leaf, a, b, variant, scratch);
-    }
-  });
-  return ffi::Error::Success();
+  return Run(pool, leaves, total, Variant{decay != 0, nesterov != 0, family});
 }
 
 }  // namespace
@@ -290,4 +345,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxFusedAdam, AdamImpl,
                                   .RemainingRets()
                                   .Attr<int32_t>("decay")
                                   .Attr<int32_t>("nesterov")
-                                  .Attr<int32_t>("family"));
+                                  .Attr<int32_t>("family")
+                                  .Attr<int64_t>("offset"));

@@ -23,12 +23,14 @@ from adam_jax import aliases
 from adam_jax.decay import decay_rate
 from adam_jax.fused.optimizer import (
     FusedTransformation,
+    GradientParts,
     _check_state,
     _decay_flags,
     _Flat,
     _hyperparameters_fit,
     _kernel_call,
     _kernel_groups,
+    _kernel_parts_call,
     _negative_rate,
     _on_cpu,
     _scalars,
@@ -86,6 +88,8 @@ def lion(
     tx = make_tx()  # checks the arguments, naming them
 
     def chain_step(params, grads, state, h=None):
+        if isinstance(grads, GradientParts):
+            grads = grads.concatenated(params)
         updates, state = (make_tx({**hyper, **h}) if h else tx).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -120,13 +124,21 @@ def lion(
         def call(decay, *operands):
             return _kernel_call(scalars, *operands, decay=decay, variant='lion')
 
-        _kernel_groups(flags, [p, g, m], [new_p, new_m], call)
+        if isinstance(grads, GradientParts):  # one flat leaf: the kernel reads the pieces (see step)
+            new_p[0], new_m[0] = _kernel_parts_call(scalars, p[0], grads.leaves, m[0], decay=flags[0], variant='lion')
+        else:
+            _kernel_groups(flags, [p, g, m], [new_p, new_m], call)
         mu = jax.tree.unflatten(jax.tree.structure(momentum.mu), new_m)
         return jax.tree.unflatten(treedef, new_p), (momentum._replace(mu=mu), decay_state, lr_state)
 
     def step(params, grads, state):
         _check_state(state, _LAYOUT, 'lion')
-        flags = decay_plan(params, grads, state)
+        if isinstance(grads, GradientParts):  # the kernel reads the pieces: planned with the params standing in
+            flags = decay_plan(params, params, state) if grads.fit(params) else None
+            if flags is None:
+                grads = grads.concatenated(params)
+        if not isinstance(grads, GradientParts):
+            flags = decay_plan(params, grads, state)
         if flags is None:
             return chain_step(params, grads, state)
         kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, flags), chain_step)

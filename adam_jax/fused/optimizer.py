@@ -124,9 +124,67 @@ def _kernel_call(scalars, p, g, *moments, decay: bool, nesterov: bool = False, v
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for group in results for x in arrays[group]]
     aliases = {1 + group * k + i: r * k + i for r, group in enumerate(results) for i in range(k)}
     call = jax.ffi.ffi_call(_library.TARGET, shapes, input_output_aliases=aliases, vmap_method=VMAP_METHOD)
-    flags = dict(decay=decay, nesterov=nesterov, family=FAMILIES.index(variant))
-    out = call(scalars, *(x for group in arrays for x in group), **{key: np.int32(on) for key, on in flags.items()})
+    out = call(scalars, *(x for group in arrays for x in group), **_family_attributes(decay, nesterov, variant))
     return tuple(out[r * k : (r + 1) * k] for r in range(len(results)))
+
+
+def _family_attributes(decay: bool, nesterov: bool, variant: str, offset: int = -1) -> dict:
+    """The float32 kernel's attributes; ``offset`` >= 0: parts mode (see ``_kernel_parts_call``)."""
+    flags = dict(decay=decay, nesterov=nesterov, family=FAMILIES.index(variant))
+    return {**{key: np.int32(on) for key, on in flags.items()}, 'offset': np.int64(offset)}
+
+
+class GradientParts(NamedTuple):
+    """The gradient of a flat parameter vector given as the gradients of its consecutive pieces, in order: the leaves
+    that ``jax.flatten_util.ravel_pytree``'s ``unravel`` cuts the vector into. :func:`adam_jax.make_train_step` passes
+    it to a fused ``step`` (with ``unravel``), whose kernel reads the pieces where the backward pass wrote them instead
+    of a concatenated gradient: on CPU that is a fresh buffer each step (64 MB at 16M params), whose page faults cost
+    more than the optimizer step. Anywhere the kernel does not take the step, the pieces are concatenated."""
+
+    leaves: list
+
+    def fit(self, params: Any) -> bool:
+        """Whether the kernel can read these pieces for ``params``: one 1-D float32 array, float32 pieces of its
+        size in all."""
+        f32 = jnp.dtype(jnp.float32)
+        return (
+            getattr(params, 'dtype', None) == f32
+            and getattr(params, 'ndim', None) == 1
+            and all(getattr(g, 'dtype', None) == f32 for g in self.leaves)
+            and sum(int(np.size(g)) for g in self.leaves) == params.shape[0]
+        )
+
+    def concatenated(self, params: Any) -> jax.Array:
+        """The flat gradient, in the dtype of the flat ``params`` (as the transpose of ``unravel`` forms it)."""
+        if getattr(params, 'ndim', None) != 1:
+            raise TypeError(f'GradientParts are the gradient of one flat vector of params, got params {params!r}.')
+        total = sum(int(np.size(g)) for g in self.leaves)
+        if total != params.shape[0]:
+            raise ValueError(f'GradientParts hold {total} elements, the flat params {params.shape[0]}.')
+        if not self.leaves:
+            return jnp.zeros_like(params)
+        return jnp.concatenate([jnp.ravel(g).astype(params.dtype) for g in self.leaves])
+
+
+def _kernel_parts_call(scalars, p, parts: list, *moments, decay: bool, nesterov: bool = False, variant: str = 'adam'):
+    """The float32 kernel on one flat params vector and its flat moments (``moments``: as for ``_kernel_call``), whose
+    gradient comes as ``parts`` (``GradientParts.leaves``), read in place. At most MAX_LEAVES_PER_CALL parts a call;
+    each call updates its pieces of the flat buffers and passes them on. Returns the new params and moments."""
+    flats = [p, *moments]
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flats]
+    call = jax.ffi.ffi_call(
+        _library.TARGET,
+        shapes,
+        input_output_aliases={1 + k: k for k in range(len(flats))},
+        vmap_method='sequential',  # the kernel's parts mode takes one problem
+    )
+    pieces = [jnp.ravel(g) for g in parts if np.size(g)]
+    offset = 0
+    for start in range(0, len(pieces), MAX_LEAVES_PER_CALL):
+        chunk = pieces[start : start + MAX_LEAVES_PER_CALL]
+        flats = call(scalars, *flats, *chunk, **_family_attributes(decay, nesterov, variant, offset))
+        offset += sum(x.size for x in chunk)
+    return tuple(flats)
 
 
 def _kernel8_call(scalars, p, g, m, v, decay: bool, updates: bool = False):
@@ -523,6 +581,8 @@ def _fused(
         return make_tx(mask, {**hyper, **h}) if h else tx
 
     def chain_step(params, grads, state, h=None):
+        if isinstance(grads, GradientParts):
+            grads = grads.concatenated(params)
         updates, state = chain_with(h).update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -617,7 +677,12 @@ def _fused(
             (kind, *_), decay = key
             return kernels[kind](scalars, *operands, decay=decay, **({'updates': True} if updates else {}))
 
-        _kernel_groups(keys, [p, g, *moment_lists], new_lists, call)
+        if isinstance(grads, GradientParts):  # one flat leaf on the float32 kernel (see step)
+            args = (scalars, p[0], grads.leaves, *(x[0] for x in moment_lists))
+            new = _kernel_parts_call(*args, decay=decay_flags[0], nesterov=nesterov, variant=variant)
+            new_lists = [[x] for x in new]
+        else:
+            _kernel_groups(keys, [p, g, *moment_lists], new_lists, call)
         new_p, new_m, new_v, *new_w = new_lists
         moments = moments._replace(
             count=count,
@@ -656,7 +721,12 @@ def _fused(
 
     def step(params, grads, state):
         _check_state(state, layout, name)
-        plan = kernel_plan(params, grads, state)
+        if isinstance(grads, GradientParts):  # the kernel reads the pieces: planned with the params standing in
+            plan = kernel_plan(params, params, state) if grads.fit(params) else None
+            if plan is None or plan[1] != [('f32',)]:
+                grads = grads.concatenated(params)
+        if not isinstance(grads, GradientParts):
+            plan = kernel_plan(params, grads, state)
         if plan is None:
             return chain_step(params, grads, state)
         kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, *plan), chain_step)

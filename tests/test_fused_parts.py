@@ -1,0 +1,139 @@
+"""The fused steps on a flat parameter vector whose gradient comes in pieces (``fused.GradientParts``).
+
+``make_train_step(..., unravel=...)`` with a fused optimizer hands the step the gradients of the leaves the vector is
+cut into, and the kernel reads them where they are instead of a concatenated gradient. Same arithmetic per element:
+the step must be bitwise the kernel's step on the concatenated gradient (and so the chain's), whatever the pieces.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import adam_jax
+from adam_jax import fused
+from adam_jax.fused import GradientParts, _library
+from tests.test_fused import kernel_calls, leaves_equal, max_abs_diff, mlp_loss, needs_kernel
+
+pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
+
+OPTIMIZERS = {
+    'adam': lambda: fused.adam(3e-2),
+    'adamw': lambda: fused.adamw(optax.linear_schedule(3e-2, 1e-3, 10), weight_decay=0.1),
+    'nadamw': lambda: fused.nadamw(3e-2, b1=0.8, eps_root=1e-9, weight_decay=0.1),
+    'adamaxw': lambda: fused.adamaxw(3e-2, weight_decay=0.1),
+    'amsgrad': lambda: fused.amsgrad(3e-2),
+    'adabelief': lambda: fused.adabelief(3e-2, eps_root=1e-9),
+    'radam': lambda: fused.radam(3e-2, b2=0.9, threshold=4.0),  # rho_t reaches 4 at the fifth step
+    'lion': lambda: fused.lion(3e-3, weight_decay=0.1),
+}
+# 70 pieces (more than the 32 a call takes: three chained calls), sizes 1 to 300, 2-D ones among them.
+SHAPES = [(int(s),) for s in np.random.default_rng(0).integers(1, 300, 64)]
+SHAPES += [(3, 7), (5, 5), (1, 1), (9, 2), (4,), (2, 64)]
+
+
+def pieces(seed: int, shapes=SHAPES, dtype=jnp.float32) -> list:
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.normal(size=s), dtype) for s in shapes]
+
+
+def forms_flat_gradient(lowered_text: str, size: int) -> bool:
+    """Whether the program concatenates anything into a vector of ``size`` floats."""
+    return any('concatenate' in line and f'-> tensor<{size}xf32>' in line for line in lowered_text.splitlines())
+
+
+def flat_of(parts: list) -> jax.Array:
+    return jnp.concatenate([p.ravel() for p in parts])
+
+
+@needs_kernel
+@pytest.mark.parametrize('name', list(OPTIMIZERS))
+def test_parts_step_is_bitwise_the_step_on_the_concatenated_gradient(name):
+    opt = OPTIMIZERS[name]()
+    flat = flat_of(pieces(0))
+    state_a = state_b = opt.init(flat)
+    params_a = params_b = flat
+    step = jax.jit(opt.step)
+    for t in range(6):
+        grads = pieces(100 + t)
+        if t == 3:  # special values pass through the pieces as through the flat gradient
+            grads[5] = grads[5].at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-0.0)
+        params_a, state_a = step(params_a, GradientParts(grads), state_a)
+        params_b, state_b = step(params_b, flat_of(grads), state_b)
+        assert np.array_equal(np.asarray(params_a), np.asarray(params_b), equal_nan=True), (name, t)
+        assert all(
+            np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
+            for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b))
+        ), (name, t)
+    finite = jnp.isfinite(params_a)
+    assert float(jnp.max(jnp.abs(jnp.where(finite, params_a - flat, 0.0)))) > 1e-3  # the params moved
+
+
+@needs_kernel
+def test_parts_are_read_in_place_by_chained_calls():
+    opt = fused.adamw(1e-2, weight_decay=0.1)
+    flat = flat_of(pieces(0))
+    grads = GradientParts(pieces(1))
+    assert kernel_calls(opt.step, flat, grads, opt.init(flat)) == 3  # 70 pieces, at most 32 a call
+    assert not forms_flat_gradient(jax.jit(opt.step).lower(flat, grads, opt.init(flat)).as_text(), flat.size)
+    chain = jax.jit(lambda p, g, s: opt.chain.update(g.concatenated(p), s, p)).lower(flat, grads, opt.init(flat))
+    assert forms_flat_gradient(chain.as_text(), flat.size)  # what the check would see
+
+
+def test_pieces_that_do_not_fit_are_concatenated_or_refused():
+    opt = fused.adam(1e-2)
+    flat = flat_of(pieces(0))
+    want = jax.jit(opt.chain.update)(flat_of(pieces(1)).astype(jnp.float32), opt.init(flat), flat)
+    # bfloat16 pieces: concatenated in the flat params' dtype (as the transpose of unravel forms the gradient)
+    half = GradientParts([g.astype(jnp.bfloat16) for g in pieces(1)])
+    params, _ = jax.jit(opt.step)(flat, half, opt.init(flat))
+    cast = flat_of([g.astype(jnp.bfloat16).astype(jnp.float32) for g in pieces(1)])
+    expected, _ = jax.jit(opt.step)(flat, cast, opt.init(flat))
+    assert np.array_equal(np.asarray(params), np.asarray(expected))
+    assert max_abs_diff(params, optax.apply_updates(flat, want[0])) < 1e-3
+    with pytest.raises(ValueError, match=f'GradientParts hold {flat.size - 1} elements, the flat params {flat.size}'):
+        opt.step(flat, GradientParts(pieces(1)[:-1] + [jnp.zeros(pieces(1)[-1].size - 1)]), opt.init(flat))
+    with pytest.raises(TypeError, match='GradientParts are the gradient of one flat vector of params'):
+        opt.step({'a': flat}, GradientParts(pieces(1)), opt.init({'a': flat}))
+
+
+@needs_kernel
+def test_parts_under_vmap_equal_each_problem_alone():
+    opt = fused.adamw(1e-2, weight_decay=0.1)
+    flats = jnp.stack([flat_of(pieces(0)), flat_of(pieces(7))])
+    grads = GradientParts([jnp.stack([a, b]) for a, b in zip(pieces(1), pieces(2))])
+    states = jax.vmap(opt.init)(flats)
+    params, state = jax.jit(jax.vmap(opt.step))(flats, grads, states)
+    for i, seed in enumerate((1, 2)):
+        one, one_state = jax.jit(opt.step)(flats[i], flat_of(pieces(seed)), opt.init(flats[i]))
+        assert np.array_equal(np.asarray(params[i]), np.asarray(one))
+        assert leaves_equal(jax.tree.map(lambda x, i=i: x[i], state), one_state)
+
+
+def test_flat_train_step_reads_parts_and_matches_the_tree_chain():
+    rng = np.random.default_rng(3)
+    params = {
+        'w1': jnp.asarray(rng.normal(size=(4, 16)) / 2, jnp.float32),
+        'b1': jnp.zeros(16, jnp.float32),
+        'w2': jnp.asarray(rng.normal(size=(16, 1)) / 4, jnp.float32),
+        'b2': jnp.zeros(1, jnp.float32),
+    }
+    x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+    y = jnp.sin(x[:, :1] * 2) + x[:, 1:2]
+    flat, unravel = ravel_pytree(params)
+    opt = fused.lion(1e-3, weight_decay=0.1)
+    step = adam_jax.make_train_step(mlp_loss, opt, unravel=unravel)
+    state = opt.init(flat)
+    if _library.available():
+        assert not forms_flat_gradient(step.lower(flat, state, x, y).as_text(), flat.size)
+    tree_step = adam_jax.make_train_step(mlp_loss, adam_jax.lion(1e-3, weight_decay=0.1))
+    tree, tree_state = params, adam_jax.lion(1e-3, weight_decay=0.1).init(params)
+    for _ in range(50):
+        flat, state, loss = step(flat, state, x, y)
+        tree, tree_state, tree_loss = tree_step(tree, tree_state, x, y)
+    assert max_abs_diff(unravel(flat), tree) <= 1e-6
+    assert float(loss) == pytest.approx(float(tree_loss), rel=1e-5)
