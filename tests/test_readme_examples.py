@@ -41,7 +41,7 @@ def test_readme_section_examples_run(tmp_path, monkeypatch):
 
 
 def _fast_path_matches_nnx_optimizer(namespace: dict) -> None:
-    """The flat, fused NNX recipe against nnx.Optimizer with the composed chain, from the same initial params."""
+    """The fused NNX recipe against nnx.Optimizer with the composed chain, from the same initial params."""
     import jax.numpy as jnp
     from flax import nnx
 

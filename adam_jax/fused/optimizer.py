@@ -88,8 +88,10 @@ class FusedTransformation(NamedTuple):
     """An optax transform (``init``, ``update``) with a fused ``step``, and the composed ``chain`` it computes.
 
     ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to ``update`` then
-    ``optax.apply_updates``. ``update`` is ``chain.update``, with the 8-bit leaves on the CPU kernel where it
-    applies (the same updates and state); ``chain`` is the pure-XLA definition (``adam_jax.adam``, ``adamw``, ...).
+    ``optax.apply_updates``; for one flat vector of params ``grads`` may be a :class:`GradientParts`, the gradients
+    of its pieces (as :func:`adam_jax.make_train_step` passes them with ``unravel``). ``update`` is ``chain.update``,
+    with the 8-bit leaves on the CPU kernel where it applies (the same updates and state); ``chain`` is the pure-XLA
+    definition (``adam_jax.adam``, ``adamw``, ...).
     """
 
     init: optax.TransformInitFn
