@@ -97,7 +97,7 @@ def test_pieces_that_do_not_fit_are_concatenated_or_refused():
     assert max_abs_diff(params, optax.apply_updates(flat, want[0])) < 1e-3
     with pytest.raises(ValueError, match=f'GradientParts hold {flat.size - 1} elements, the flat params {flat.size}'):
         opt.step(flat, GradientParts(pieces(1)[:-1] + [jnp.zeros(pieces(1)[-1].size - 1)]), opt.init(flat))
-    with pytest.raises(TypeError, match='GradientParts are the gradient of one flat vector of params'):
+    with pytest.raises(TypeError, match=r'one flat \(1-D\) vector of params, got params: dict'):
         opt.step({'a': flat}, GradientParts(pieces(1)), opt.init({'a': flat}))
 
 
@@ -137,3 +137,55 @@ def test_flat_train_step_reads_parts_and_matches_the_tree_chain():
         tree, tree_state, tree_loss = tree_step(tree, tree_state, x, y)
     assert max_abs_diff(unravel(flat), tree) <= 1e-6
     assert float(loss) == pytest.approx(float(tree_loss), rel=1e-5)
+
+
+UNRAVELS = {  # (unravel, flat params) pairs whose leaves are not the vector's consecutive, unchanged pieces
+    'permuted': lambda p: (p[3:], p[:3]),
+    'transposed': lambda p: p.reshape(2, 3).T,
+    'scaled': lambda p: 10 * p,
+    'tied': lambda p: {'a': p, 'b': p},
+    'extra leaf': lambda p: {'params': p, 'stats': jnp.ones(3) * 2},
+    'python number': lambda p: {'params': p, 'n': 3},
+}
+
+
+@pytest.mark.parametrize('name', list(UNRAVELS))
+def test_an_unravel_that_is_not_a_cut_gets_the_flat_gradient(name):
+    """The gradient's pieces are the leaves' gradients only for an unravel that cuts the vector in order, unchanged:
+    any other one (found by review: silently wrong updates or errors) differentiates through it, as before."""
+    unravel = UNRAVELS[name]
+
+    def loss(tree):
+        return sum(jnp.sum(jnp.sin(3.0 * x) * (i + 1)) for i, x in enumerate(jax.tree.leaves(tree)))
+
+    opt = fused.adam(1e-1, eps=1.0)
+    flat = jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)
+    step = adam_jax.make_train_step(loss, opt, unravel=unravel)
+    params, state, value = step(jnp.copy(flat), opt.init(flat))  # (step donates its arguments)
+    grad = jax.grad(lambda p: loss(unravel(p)))(flat)  # the old path: the gradient through unravel, then the step
+    want, _ = jax.jit(opt.step)(flat, grad, opt.init(flat))
+    np.testing.assert_allclose(np.asarray(params), np.asarray(want), rtol=0, atol=1e-7)
+    assert float(jnp.max(jnp.abs(params - flat))) > 1e-2
+
+
+def test_ravel_pytree_unravel_is_recognised_as_a_cut():
+    from adam_jax.train_step import _cuts_into_pieces
+
+    tree = {'a': jnp.ones((2, 3)), 'b': jnp.ones(4), 'c': jnp.ones(()), 'd': jnp.ones((1, 1)), 'e': jnp.ones(0)}
+    flat, unravel = ravel_pytree(tree)
+    assert _cuts_into_pieces(unravel, flat)
+    assert _cuts_into_pieces(lambda p: (p[:2], p[2:]), flat)
+    mixed, unravel_mixed = ravel_pytree({'a': jnp.ones(3), 'b': jnp.ones(2, jnp.bfloat16)})
+    assert not _cuts_into_pieces(unravel_mixed, mixed)
+    assert not any(_cuts_into_pieces(f, jnp.ones(6)) for f in UNRAVELS.values())
+
+
+def test_update_and_malformed_parts_are_refused_by_name():
+    for opt in (fused.adam(1e-2), fused.lion(1e-3)):
+        flat = flat_of(pieces(0))
+        with pytest.raises(TypeError, match='GradientParts .* are for step'):
+            opt.update(GradientParts(pieces(1)), opt.init(flat), flat)
+    with pytest.raises(TypeError, match='GradientParts.leaves must be a list of arrays'):
+        GradientParts({'a': jnp.ones(3)}).concatenated(jnp.ones(3))
+    with pytest.raises(TypeError, match=r'got params: ArrayImpl of shape \(2, 3\)'):
+        GradientParts([jnp.ones(6)]).concatenated(jnp.ones((2, 3)))

@@ -229,9 +229,9 @@ ffi::Error Run(ffi::ThreadPool& pool, const std::vector<Leaf>& leaves, int64_t t
 ffi::Error Parts(const std::vector<Hyper>& hypers, ffi::RemainingArgs& args, ffi::RemainingRets& rets, size_t groups,
                  int64_t offset, std::vector<Leaf>& leaves, int64_t& total) {
   const size_t flats = groups - 1;  // params, mu [, nu [, w]]: the operand groups but the grads
-  if (hypers.size() != 1) return ffi::Error::InvalidArgument("adam_jax fused Adam: parts take one problem");
+  if (hypers.size() != 1) return ffi::Error::InvalidArgument("adam_jax fused kernel: parts take one problem");
   if (rets.size() != flats || args.size() <= flats) {
-    return ffi::Error::InvalidArgument("adam_jax fused Adam: parts take one flat buffer per result and the grads");
+    return ffi::Error::InvalidArgument("adam_jax fused kernel: parts take one flat buffer per result and the grads");
   }
   float* in[4] = {nullptr, nullptr, nullptr, nullptr};
   float* out[4] = {nullptr, nullptr, nullptr, nullptr};
@@ -242,7 +242,7 @@ ffi::Error Parts(const std::vector<Hyper>& hypers, ffi::RemainingArgs& args, ffi
     if (size < 0) size = static_cast<int64_t>(a.element_count());
     if (a.element_type() != ffi::F32 || r->element_type() != ffi::F32 ||
         static_cast<int64_t>(a.element_count()) != size || static_cast<int64_t>(r->element_count()) != size) {
-      return ffi::Error::InvalidArgument("adam_jax fused Adam: the flat buffers must be float32 and shaped alike");
+      return ffi::Error::InvalidArgument("adam_jax fused kernel: the flat buffers must be float32 and shaped alike");
     }
     in[k] = a.typed_data<float>();
     out[k] = r->typed_data<float>();
@@ -258,7 +258,7 @@ ffi::Error Parts(const std::vector<Hyper>& hypers, ffi::RemainingArgs& args, ffi
     auto g = *args.get<ffi::AnyBuffer>(i);
     const int64_t part = static_cast<int64_t>(g.element_count());
     if (g.element_type() != ffi::F32 || o + part > size) {
-      return ffi::Error::InvalidArgument("adam_jax fused Adam: the parts must be float32 and fit the flat buffers");
+      return ffi::Error::InvalidArgument("adam_jax fused kernel: the parts must be float32 and fit the flat buffers");
     }
     float *p = flat(0, o), *m = flat(2, o), *v = flat(3, o), *w = flat(4, o);
     leaves.push_back(Leaf{p, g.typed_data<float>(), m, v, w, p, m, v, w, part, total, &hypers[0]});

@@ -33,6 +33,7 @@ from adam_jax.fused.optimizer import (
     _kernel_parts_call,
     _negative_rate,
     _on_cpu,
+    _refuse_parts,
     _scalars,
     _with_chain_derivatives,
 )
@@ -144,4 +145,8 @@ def lion(
         kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, flags), chain_step)
         return _on_cpu((params, grads, state, traced), kernel, chain_step)
 
-    return FusedTransformation(tx.init, tx.update, step, tx)
+    def update(grads, state, params=None, **extra_args):
+        _refuse_parts(grads)
+        return tx.update(grads, state, params, **extra_args)
+
+    return FusedTransformation(tx.init, update, step, tx)

@@ -140,32 +140,51 @@ class GradientParts(NamedTuple):
     """The gradient of a flat parameter vector given as the gradients of its consecutive pieces, in order: the leaves
     that ``jax.flatten_util.ravel_pytree``'s ``unravel`` cuts the vector into. :func:`adam_jax.make_train_step` passes
     it to a fused ``step`` (with ``unravel``), whose kernel reads the pieces where the backward pass wrote them instead
-    of a concatenated gradient: on CPU that is a fresh buffer each step (64 MB at 16M params), whose page faults cost
+    of a concatenated gradient: on CPU that is a fresh buffer each step (64 MiB at 16M params), whose page faults cost
     more than the optimizer step. Anywhere the kernel does not take the step, the pieces are concatenated."""
 
     leaves: list
+
+    def _checked_leaves(self) -> list:
+        if not isinstance(self.leaves, (list, tuple)) or not all(hasattr(g, 'dtype') for g in self.leaves):
+            kinds = type(self.leaves).__name__ if not isinstance(self.leaves, (list, tuple)) else 'a non-array'
+            raise TypeError(f'GradientParts.leaves must be a list of arrays (the pieces, in order), got {kinds}.')
+        return list(self.leaves)
 
     def fit(self, params: Any) -> bool:
         """Whether the kernel can read these pieces for ``params``: one 1-D float32 array, float32 pieces of its
         size in all."""
         f32 = jnp.dtype(jnp.float32)
+        leaves = self._checked_leaves()
         return (
             getattr(params, 'dtype', None) == f32
             and getattr(params, 'ndim', None) == 1
-            and all(getattr(g, 'dtype', None) == f32 for g in self.leaves)
-            and sum(int(np.size(g)) for g in self.leaves) == params.shape[0]
+            and all(g.dtype == f32 for g in leaves)
+            and sum(int(np.size(g)) for g in leaves) == params.shape[0]
         )
 
     def concatenated(self, params: Any) -> jax.Array:
         """The flat gradient, in the dtype of the flat ``params`` (as the transpose of ``unravel`` forms it)."""
+        leaves = self._checked_leaves()
         if getattr(params, 'ndim', None) != 1:
-            raise TypeError(f'GradientParts are the gradient of one flat vector of params, got params {params!r}.')
-        total = sum(int(np.size(g)) for g in self.leaves)
+            shape = getattr(params, 'shape', None)
+            got = f'{type(params).__name__} of shape {shape}' if shape is not None else type(params).__name__
+            raise TypeError(f'GradientParts are the gradient of one flat (1-D) vector of params, got params: {got}.')
+        total = sum(int(np.size(g)) for g in leaves)
         if total != params.shape[0]:
             raise ValueError(f'GradientParts hold {total} elements, the flat params {params.shape[0]}.')
-        if not self.leaves:
+        if not leaves:
             return jnp.zeros_like(params)
-        return jnp.concatenate([jnp.ravel(g).astype(params.dtype) for g in self.leaves])
+        return jnp.concatenate([jnp.ravel(g).astype(params.dtype) for g in leaves])
+
+
+def _refuse_parts(grads: Any) -> None:
+    """``update`` takes the gradient as a tree shaped like the params; GradientParts are for ``step``."""
+    if isinstance(grads, GradientParts):
+        raise TypeError(
+            'update takes the gradient as a tree shaped like the params; GradientParts (the pieces of a flat '
+            "vector's gradient) are for step(params, grads, state), or pass GradientParts.concatenated(params)."
+        )
 
 
 def _kernel_parts_call(scalars, p, parts: list, *moments, decay: bool, nesterov: bool = False, variant: str = 'adam'):
@@ -735,6 +754,7 @@ def _fused(
         return _on_cpu((params, grads, state, traced), kernel, chain_step)
 
     def update(grads, state, params=None, **extra_args):
+        _refuse_parts(grads)
         # The 8-bit leaves' moments and updates come from the 8-bit kernel, the other leaves' from the chain. Without
         # decay the kernel reads no params: the grads stand in for them when none are given.
         if extra_args or not _is_state(state, layout):
