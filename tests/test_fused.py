@@ -353,8 +353,9 @@ def mlp_loss(params, x, y):
     return jnp.mean((h @ params['w2'] + params['b2'] - y) ** 2)
 
 
-def test_train_step_flat_fused_equals_tree_chain_over_100_steps():
-    rng = np.random.default_rng(0)
+def mlp_problem(seed: int) -> tuple[dict, jax.Array, jax.Array]:
+    """Params of a 4-16-1 MLP for ``mlp_loss`` and a batch (x, y) of 64 rows."""
+    rng = np.random.default_rng(seed)
     params = {
         'w1': jnp.asarray(rng.normal(size=(4, 16)) / 2, jnp.float32),
         'b1': jnp.zeros(16, jnp.float32),
@@ -362,7 +363,11 @@ def test_train_step_flat_fused_equals_tree_chain_over_100_steps():
         'b2': jnp.zeros(1, jnp.float32),
     }
     x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
-    y = jnp.sin(x[:, :1] * 2) + x[:, 1:2]
+    return params, x, jnp.sin(x[:, :1] * 2) + x[:, 1:2]
+
+
+def test_train_step_flat_fused_equals_tree_chain_over_100_steps():
+    params, x, y = mlp_problem(0)
 
     tree_step = adam_jax.make_train_step(mlp_loss, adam_jax.adamw(1e-2, weight_decay=1e-2))
     tree, tree_state = params, adam_jax.adamw(1e-2).init(params)

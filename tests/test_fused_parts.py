@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 import adam_jax
 from adam_jax import fused
 from adam_jax.fused import GradientParts, _library
-from tests.test_fused import kernel_calls, leaves_equal, max_abs_diff, mlp_loss, needs_kernel
+from tests.test_fused import kernel_calls, leaves_equal, max_abs_diff, mlp_loss, mlp_problem, needs_kernel
 
 pytestmark = pytest.mark.usefixtures('on_cpu')  # the kernel is a CPU kernel, also in a GPU process
 
@@ -115,15 +115,7 @@ def test_parts_under_vmap_equal_each_problem_alone():
 
 
 def test_flat_train_step_reads_parts_and_matches_the_tree_chain():
-    rng = np.random.default_rng(3)
-    params = {
-        'w1': jnp.asarray(rng.normal(size=(4, 16)) / 2, jnp.float32),
-        'b1': jnp.zeros(16, jnp.float32),
-        'w2': jnp.asarray(rng.normal(size=(16, 1)) / 4, jnp.float32),
-        'b2': jnp.zeros(1, jnp.float32),
-    }
-    x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
-    y = jnp.sin(x[:, :1] * 2) + x[:, 1:2]
+    params, x, y = mlp_problem(3)
     flat, unravel = ravel_pytree(params)
     opt = fused.lion(1e-3, weight_decay=0.1)
     step = adam_jax.make_train_step(mlp_loss, opt, unravel=unravel)
