@@ -33,6 +33,7 @@ from adam_jax.fused.optimizer import (
     _kernel_parts_call,
     _negative_rate,
     _on_cpu,
+    _plan_step,
     _refuse_parts,
     _scalars,
     _with_chain_derivatives,
@@ -134,12 +135,7 @@ def lion(
 
     def step(params, grads, state):
         _check_state(state, _LAYOUT, 'lion')
-        if isinstance(grads, GradientParts):  # the kernel reads the pieces: planned with the params standing in
-            flags = decay_plan(params, params, state) if grads.fit(params) else None
-            if flags is None:
-                grads = grads.concatenated(params)
-        if not isinstance(grads, GradientParts):
-            flags = decay_plan(params, grads, state)
+        grads, flags = _plan_step(params, grads, lambda p, g: decay_plan(p, g, state), lambda flags: True)
         if flags is None:
             return chain_step(params, grads, state)
         kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, flags), chain_step)

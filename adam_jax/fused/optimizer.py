@@ -178,6 +178,18 @@ class GradientParts(NamedTuple):
         return jnp.concatenate([jnp.ravel(g).astype(params.dtype) for g in leaves])
 
 
+def _plan_step(params: Any, grads: Any, plan: Callable, takes_parts: Callable[[Any], bool]) -> tuple[Any, Any]:
+    """``(grads, plan(params, grads))`` for a fused step. ``GradientParts`` stay pieces where ``plan`` (run with the
+    params standing in for the grads) finds the kernel and ``takes_parts`` accepts what it found; otherwise they are
+    concatenated into the flat gradient first."""
+    if isinstance(grads, GradientParts):
+        found = plan(params, params) if grads.fit(params) else None
+        if found is not None and takes_parts(found):
+            return grads, found
+        grads = grads.concatenated(params)
+    return grads, plan(params, grads)
+
+
 def _refuse_parts(grads: Any) -> None:
     """``update`` takes the gradient as a tree shaped like the params; GradientParts are for ``step``."""
     if isinstance(grads, GradientParts):
@@ -742,12 +754,8 @@ def _fused(
 
     def step(params, grads, state):
         _check_state(state, layout, name)
-        if isinstance(grads, GradientParts):  # the kernel reads the pieces: planned with the params standing in
-            plan = kernel_plan(params, params, state) if grads.fit(params) else None
-            if plan is None or plan[1] != [('f32',)]:
-                grads = grads.concatenated(params)
-        if not isinstance(grads, GradientParts):
-            plan = kernel_plan(params, grads, state)
+        # pieces of a gradient go to the float32 kernel only (one flat leaf)
+        grads, plan = _plan_step(params, grads, lambda p, g: kernel_plan(p, g, state), lambda x: x[1] == [('f32',)])
         if plan is None:
             return chain_step(params, grads, state)
         kernel = _with_chain_derivatives(lambda p, g, s, h: kernel_step(p, g, s, h, *plan), chain_step)
