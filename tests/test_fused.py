@@ -312,6 +312,37 @@ def test_a_float64_hyperparameter_under_x64_is_the_chain(x64, name):
         assert leaves_equal(jax.jit(opt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
 
 
+@pytest.mark.parametrize('name', ['adam', 'adamw-decay', 'lion', 'adam-8bit-update'])
+def test_a_schedule_of_shape_1_is_the_chain(name):
+    # The chain broadcasts a learning rate (or a weight decay) of shape (1,) into the updates, as optax does; the
+    # kernels take one number per hyperparameter, so such a step is the chain's (a review found it crashing).
+    make = {
+        'adam': lambda schedule: fused.adam(schedule),
+        'adamw-decay': lambda schedule: fused.adamw(1e-2, weight_decay=schedule),
+        'lion': lambda schedule: fused.lion(schedule),
+        'adam-8bit-update': lambda schedule: fused.adam(schedule, mu_dtype='int8', nu_dtype='uint8'),
+    }[name]
+    opt = make(lambda count: jnp.array([1e-2]) * 0.9**count)
+    rng = np.random.default_rng(0)
+    params = {'w': jnp.asarray(rng.normal(size=5000), jnp.float32), 'b': jnp.asarray(rng.normal(size=7), jnp.float32)}
+    grads = jax.tree.map(lambda x: x[::-1] + 0.5, params)
+    state = opt.init(params)
+    method = 'update' if 'update' in name else 'step'
+    calls, args = (
+        (kernel8_calls, (grads, state, params)) if method == 'update' else (kernel_calls, (params, grads, state))
+    )
+    assert calls(getattr(opt, method), *args) == 0
+    if _library.available():  # the same schedule returning a scalar takes the kernel
+        assert calls(getattr(make(lambda count: 1e-2 * 0.9**count), method), *args) > 0
+    if method == 'update':
+        assert leaves_equal(jax.jit(opt.update)(grads, state, params), jax.jit(opt.chain.update)(grads, state, params))
+        return
+    got = jax.jit(opt.step)(params, grads, state)
+    assert leaves_equal(got, jax.jit(chain_step(opt))(params, grads, state))
+    assert jax.tree.map(jnp.shape, got[0]) == jax.tree.map(jnp.shape, params)
+    assert max_abs_diff(got[0], params) > 1e-3  # the step moved them
+
+
 def test_fallback_to_the_chain_without_kernel_or_for_other_dtypes(monkeypatch):
     opt = fused.adamw(1e-2, weight_decay=0.1)
     bf16 = mixed_tree(jnp.bfloat16)
@@ -346,6 +377,31 @@ def test_fused_optimizers_are_the_composed_chains_for_optax():
     for factory in (fused.adamw, fused.nadamw, fused.adamaxw):  # None is not "no decay" (found by review)
         with pytest.raises(TypeError, match='weight_decay must be a real number, got None'):
             factory(1e-3, weight_decay=None)
+
+
+FUSED_FACTORIES = [
+    getattr(fused, name) for name in fused.__all__ if name.islower() and name not in ('available', 'status')
+]
+
+
+@pytest.mark.parametrize('factory', FUSED_FACTORIES, ids=lambda f: f.__name__)
+def test_fused_optimizers_are_optax_gradient_transformations(factory):
+    # As every optimizer of the library: optax's own helpers take it as it is (a review found `init, update =
+    # fused.adam(...)` failing on a four-field tuple, and isinstance false).
+    opt = factory(1e-2)
+    assert isinstance(opt, optax.GradientTransformationExtraArgs) and optax.with_extra_args_support(opt) is opt
+    init, update = opt
+    assert (init, update) == (opt.init, opt.update) and opt.chain is not None
+    params = {'w': jnp.linspace(-1.0, 1.0, 300, dtype=jnp.float32)}
+    grads = jax.tree.map(jnp.cos, params)
+    state = init(params)
+    rebuilt = jax.tree.unflatten(*reversed(jax.tree.flatten(opt)))  # a pytree of its functions, as before
+    assert type(rebuilt) is fused.FusedTransformation and rebuilt.step is opt.step
+    assert leaves_equal(jax.jit(rebuilt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    with pytest.raises(AttributeError, match="immutable: cannot set 'step'"):
+        opt.step = None
+    plain = opt._replace(update=opt.chain.update)
+    assert type(plain) is optax.GradientTransformationExtraArgs and plain.init is opt.init
 
 
 def mlp_loss(params, x, y):

@@ -84,20 +84,51 @@ VMAP_METHOD = 'broadcast_all'
 MAX_LEAVES_PER_CALL = 32  # compile time of one call grows faster than linearly in its operand count
 
 
-class FusedTransformation(NamedTuple):
+class FusedTransformation(optax.GradientTransformationExtraArgs):
     """An optax transform (``init``, ``update``) with a fused ``step``, and the composed ``chain`` it computes.
 
+    It is an ``optax.GradientTransformationExtraArgs`` like every other optimizer of the library (so
+    ``init, update = fused.adam(1e-3)`` unpacks as optax's do) with two more attributes, read-only:
     ``step(params, grads, state)`` returns ``(new_params, new_state)``, equal to ``update`` then
     ``optax.apply_updates``; for one flat vector of params ``grads`` may be a :class:`GradientParts`, the gradients
     of its pieces (as :func:`adam_jax.make_train_step` passes them with ``unravel``). ``update`` is ``chain.update``,
     with the 8-bit leaves on the CPU kernel where it applies (the same updates and state); ``chain`` is the pure-XLA
-    definition (``adam_jax.adam``, ``adamw``, ...).
+    definition (``adam_jax.adam``, ``adamw``, ...). ``_replace`` gives a plain ``GradientTransformationExtraArgs``:
+    a step that goes with another ``init`` or ``update`` is not known.
     """
 
-    init: optax.TransformInitFn
-    update: optax.TransformUpdateExtraArgsFn
     step: Callable[[optax.Params, optax.Updates, optax.OptState], tuple[optax.Params, optax.OptState]]
     chain: optax.GradientTransformation
+
+    def __new__(
+        cls,
+        init: optax.TransformInitFn,
+        update: optax.TransformUpdateExtraArgsFn,
+        step: Callable[[optax.Params, optax.Updates, optax.OptState], tuple[optax.Params, optax.OptState]],
+        chain: optax.GradientTransformation,
+    ) -> FusedTransformation:
+        self = super().__new__(cls, init, update)
+        object.__setattr__(self, 'step', step)
+        object.__setattr__(self, 'chain', chain)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f'FusedTransformation is immutable: cannot set {name!r}')
+
+    def __repr__(self) -> str:
+        return f'FusedTransformation(init={self.init!r}, update={self.update!r}, step={self.step!r}, chain=...)'
+
+    def _replace(self, **fields: Any) -> optax.GradientTransformationExtraArgs:
+        return optax.GradientTransformationExtraArgs(**{'init': self.init, 'update': self.update, **fields})
+
+
+# A pytree of its four functions, as when it was a four-field tuple (jax would rebuild a tuple subclass from its two
+# tuple fields).
+jax.tree_util.register_pytree_node(
+    FusedTransformation,
+    lambda t: ((t.init, t.update, t.step, t.chain), None),
+    lambda _, children: FusedTransformation(*children),
+)
 
 
 def _f32(x: Any) -> jax.Array:
@@ -407,6 +438,28 @@ def _one_minus_rounds_to_one(value: Any) -> bool:
     return np.float32(1.0 - float(array)) == 1 or np.float32(1) - np.float32(array) == 1
 
 
+_UNTRACEABLE = object()
+
+
+def _abstract_value(value: Any) -> Any:
+    """A hyperparameter as the step sees it: for a schedule, the abstract value it returns at a step count
+    (``jax.eval_shape``), or ``_UNTRACEABLE`` for one that cannot be traced on its own; anything else as it is."""
+    if not callable(value):
+        return value
+    try:
+        return jax.eval_shape(value, jnp.zeros((), jnp.int32))
+    except Exception:
+        return _UNTRACEABLE
+
+
+def _not_scalar(value: Any) -> bool:
+    """Whether a hyperparameter (for a schedule, the value it returns) is not one number: the chain broadcasts a
+    learning rate of shape (1,) into the updates, the kernels take one number per hyperparameter (a review found a
+    schedule returning ``jnp.array([1e-3])`` crashing ``step`` where ``update`` ran)."""
+    value = _abstract_value(value)
+    return value is _UNTRACEABLE or len(getattr(value, 'shape', ())) != 0
+
+
 def _widens_to_float64(value: Any) -> bool:
     """Whether a hyperparameter makes the chain compute in float64: with ``jax_enable_x64`` on, a strongly typed
     float64 value (a NumPy float64, a float64 array that is not weakly typed; for a schedule, the value it returns)
@@ -414,11 +467,9 @@ def _widens_to_float64(value: Any) -> bool:
     typed and do not. (A review found a weight-decay schedule returning ``np.float64`` 14 elements off the chain.)"""
     if not jax.config.jax_enable_x64:
         return False
-    if callable(value):
-        try:
-            value = jax.eval_shape(value, jnp.zeros((), jnp.int32))
-        except Exception:  # a schedule that cannot be traced on its own: leave it to the chain
-            return True
+    value = _abstract_value(value)
+    if value is _UNTRACEABLE:  # leave it to the chain
+        return True
     if getattr(value, 'weak_type', False):
         return False
     dtype = getattr(value, 'dtype', None)
@@ -504,6 +555,7 @@ def _hyperparameters_fit(learning_rate: Any, b1: Any, b2: Any, *others: Any) -> 
         and not any(map(_is_known_half, (b1, b2)))
         and not any(map(_one_minus_rounds_to_one, (b1, b2)))
         and not any(map(_widens_to_float64, (learning_rate, b1, b2, *others)))
+        and not any(map(_not_scalar, (learning_rate, b1, b2, *others)))
         and not any(map(_captures_tracers, (learning_rate, *others)))  # schedules (of the lr, the weight decay)
     )
 
