@@ -23,6 +23,10 @@ waited for on its own also times the host's round trip to the device (about 0.1-
 Implementations:
   adam_jax        adam_jax.fused.adam(...).step on the params kept as one flat float32 vector (the
                   recipe of adam_jax.make_train_step(unravel=...)): one kernel call, in place.
+  adam_jax 1 core the adam_jax step in a worker held to one CPU (quick and smoke modes, where the process may
+                  run on two or more CPUs): where it takes about as long as the adam_jax row, the other cores
+                  added no memory bandwidth in those rounds (on the 2-vCPU machines of this project that happens
+                  for minutes at a time), and the adam_jax row is at a one-core floor.
   adam_jax tree   the same step on the params as a tree of `leaves` arrays (kernel calls of up to 32
                   leaves; every leaf is an argument of the jitted step).
   adam_jax chain  adam_jax.adam, the composed chain, in pure XLA (the path without the kernel).
@@ -49,6 +53,7 @@ LR = 1e-3
 OPTAX = 'optax.adam'
 TORCH = 'torch fused'
 TRIAD = 'triad'
+ONE_CORE = 'adam_jax 1 core'
 # Idle time after every worker's turn: the threads of the runtime that just ran (XLA's intra-op pool, torch's OpenMP
 # team) spin for a while after a step before they sleep, and would take a core from the next worker's first step.
 # (benchmarks.interleave.PAUSE_S is the same pause between steps in one process; that module imports jax, which
@@ -57,8 +62,8 @@ TURN_PAUSE_S = 0.005
 TORCH_DEVICE_ENV = 'ADAM_JAX_BENCH_TORCH_DEVICE'  # the parent's --torch-device, passed on to the torch worker
 MODES = {
     'full': dict(sizes=(2**20, 2**22, 2**24, 2**26), leaves=(1, 100, 1000), rounds=5, steps=3),
-    'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=32, steps=2),
-    'smoke': dict(sizes=(2**18,), leaves=(10,), rounds=2, steps=2),
+    'quick': dict(sizes=(2**24,), leaves=(1, 1000), rounds=32, steps=2, one_core=True),
+    'smoke': dict(sizes=(2**18,), leaves=(10,), rounds=2, steps=2, one_core=True),
 }
 
 
@@ -152,7 +157,11 @@ def torch_setup(n: int, leaves: int, amsgrad: bool = False):
 def worker(name: str, n: int, leaves: int) -> None:
     """Answers 'run K' with K step times (each step waited for), 'burst K' with the time per step of K steps
     issued back to back and waited for once, and 'quit' with the peak RSS, one JSON line each."""
-    step, sync, first, note = torch_setup(n, leaves) if name == TORCH else _jax_setup(name, n, leaves)
+    if name == ONE_CORE:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before JAX starts its threads
+    step, sync, first, note = (
+        torch_setup(n, leaves) if name == TORCH else _jax_setup('adam_jax' if name == ONE_CORE else name, n, leaves)
+    )
 
     def run() -> float:
         t = time.perf_counter()
@@ -170,7 +179,7 @@ def worker(name: str, n: int, leaves: int) -> None:
 
     for _ in range(2):
         run()
-    print(json.dumps({'first_call_s': first, 'note': note}), flush=True)
+    print(json.dumps({'first_call_s': first, 'note': note, 'cpus': usable_cpus()}), flush=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] == 'run':
@@ -232,8 +241,20 @@ class Worker:
         return peak
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def can_hold_to_one_core() -> bool:
+    """Whether a worker can be held to one CPU, and that is a different machine from the one it has."""
+    return hasattr(os, 'sched_setaffinity') and usable_cpus() > 1
+
+
 def implementations(leaves: int, mode: str, with_torch: bool) -> list[str]:
     names = ['adam_jax', OPTAX]
+    if MODES[mode].get('one_core') and can_hold_to_one_core():
+        names.append(ONE_CORE)
     if mode == 'full':
         names += ['adam_jax chain'] + (['adam_jax tree'] if leaves > 1 else [])
     return names + ([TORCH] if with_torch else [])
@@ -275,6 +296,7 @@ def measure(
                 first_call_s=firsts[w.name],
                 first_call_vs_optax=firsts[w.name] / firsts[OPTAX],
                 peak_rss_mib=peaks[w.name],
+                cpus=w.ready['cpus'],  # the CPUs the worker could run on
                 samples=len(w.times),
                 b2b_ms=1e3 * bursts[w.name] if bursts else None,
                 b2b_vs_optax=bursts[w.name] / bursts[OPTAX] if bursts else None,
@@ -325,6 +347,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
     on_cpu = meta['device'].startswith('cpu')
     kernel = 'Kernel' if on_cpu else 'CPU kernel (unused here: on this device the adam_jax rows run the composed chain)'
     lines += ['', f'{kernel}: {meta["kernel"]}.', '']
+    if any(r['impl'] == ONE_CORE for r in rows):
+        lines[-1:-1] = [
+            f'{ONE_CORE}: the adam_jax step in a worker held to one CPU. Where it takes about as long as the adam_jax'
+            ' row, the other cores added no memory bandwidth in those rounds, and the adam_jax row ran at a one-core'
+            ' floor.'
+        ]
     return '\n'.join(lines)
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from adam_jax import fused
 from adam_jax.fused import _library
+from benchmarks import run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,9 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / 'results-smoke.json').read_text())
     rows = {r['impl']: r for r in result['rows']}
-    assert set(rows) == {'adam_jax', 'optax.adam'}
+    one_core = {run.ONE_CORE} if run.can_hold_to_one_core() else set()  # a worker held to one CPU, where there are 2+
+    assert set(rows) == {'adam_jax', 'optax.adam'} | one_core
+    assert rows['adam_jax']['cpus'] == run.usable_cpus() and all(rows[k]['cpus'] == 1 for k in one_core)
     for r in rows.values():
         assert (r['params'], r['leaves'], r['samples']) == (2**18, 10, 4)
         assert r['step_ms'] > 0 and r['first_call_s'] > 0 and r['peak_rss_mib'] > 50
@@ -50,6 +53,8 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     assert rows['adam_jax']['note'] == fused.status()  # the kernel, or the fallback and why
     table = (tmp_path / 'results-smoke.md').read_text()
     assert '| 0.25M | 10 | adam_jax |' in table and '| 0.25M | 10 | optax.adam |' in table
+    assert ('| 0.25M | 10 | adam_jax 1 core |' in table) == bool(one_core)
+    assert (f'{run.ONE_CORE}: the adam_jax step in a worker held to one CPU.' in table) == bool(one_core)
     assert 'python -m benchmarks.run --smoke --back-to-back 3' in table
     assert f'| {rows["adam_jax"]["b2b_ms"]:.3f} | {rows["adam_jax"]["b2b_vs_optax"]:.2f}x |  |' in table
     platform = jax.devices()[0].platform  # the workers run where this process's JAX runs
