@@ -92,7 +92,9 @@ def adam(
     Chain: ``scale_by_moments(b1, b2) -> bias_correct() -> scale_by_rms(eps,
     eps_root) -> optax.scale_by_learning_rate(learning_rate)``. With
     ``nesterov=True``, ``nesterov_momentum()`` comes before ``bias_correct()``
-    (that is :func:`nadam`). Equal to ``optax.adam`` with the same arguments.
+    (that is :func:`nadam`). Equal to ``optax.adam`` with the same arguments, except with a reduced-precision
+    ``mu_dtype``: the step then uses the stored (rounded) moment, where optax's uses the unrounded one (README,
+    "Lean optimizer state").
     """
     _checks.check_learning_rate(learning_rate)
     return optax.chain(

@@ -25,7 +25,7 @@ import optax
 from adam_jax import _checks
 from adam_jax._placement import replicated_zero
 from adam_jax._tree import compute_dtype, real_dtype
-from adam_jax.moments import saturating_increment
+from adam_jax.moments import reject_moments, saturating_increment
 
 
 class TemporalAverageState(NamedTuple):
@@ -61,6 +61,7 @@ def temporal_average(b2: chex.Numeric = 0.999) -> optax.GradientTransformationEx
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
+        reject_moments(updates, 'temporal_average')
         if params is None:
             raise ValueError('temporal_average needs the params: call update(updates, state, params).')
 

@@ -43,6 +43,11 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 _ARRAY_ATTRIBUTES = frozenset({'dtype', 'shape', 'ndim', 'size', 'real', 'imag', 'conj', 'astype', 'sum', 'T'})
 
 
+class MisplacedMomentsError(TypeError, AttributeError):
+    """An array's attribute asked of a :class:`Moments` value: a transform that works on arrays inside the moment
+    stage. A TypeError like the library's other misplaced-transform errors, and an AttributeError for ``hasattr``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Moments:
     r"""What flows between the transforms of the moment stage.
@@ -101,12 +106,16 @@ class Moments:
     __array__ = _misplaced
 
     def __getattr__(self, name: str) -> Any:  # only for names the dataclass does not have
-        # An AttributeError (hasattr and getattr with a default keep working) that says where the transform goes.
+        # An AttributeError (hasattr and getattr with a default keep working); for an array's attribute, asked by a
+        # transform that works on arrays, also a TypeError (a transform in the wrong place, as everywhere else in
+        # the library) that says where the transform goes.
         try:
             self._misplaced()
         except TypeError as error:
-            detail = f' {error}' if name in _ARRAY_ATTRIBUTES else ''
-            raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}.{detail}') from None
+            message = f'{type(self).__name__!r} object has no attribute {name!r}.'
+            if name in _ARRAY_ATTRIBUTES:
+                raise MisplacedMomentsError(f'{message} {error}') from None
+            raise AttributeError(message) from None
 
 
 class MomentsState(NamedTuple):

@@ -72,6 +72,11 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         )
 
     def update(updates, state, params=None, **extra_args):
+        if isinstance(updates, Moments):
+            raise TypeError(
+                'skip_nonfinite wraps a whole optimizer (it takes the gradients), but it was placed inside the moment '
+                'stage. Wrap the whole chain, e.g. skip_nonfinite(adam_jax.adam(1e-3)).'
+            )
         finite = all_finite(updates)
         new_updates, new_inner = optax.with_extra_args_support(inner).update(
             updates, state.inner_state, params, **extra_args

@@ -220,11 +220,22 @@ def test_moment_stage_transform_without_moments_raises_type_error(transform, nam
         chain.update(params, state, params)
 
 
-def test_params_shaped_transform_given_moments_raises_type_error():
+@pytest.mark.parametrize(
+    'inside,text',
+    [
+        (decoupled_decay(0.1), 'decoupled_decay works on a params-shaped tree.*scale_by_rms'),
+        # these two gave pytree-structure ValueErrors that blamed the state (found by review)
+        (adam_jax.temporal_average(), 'temporal_average works on a params-shaped tree.*scale_by_rms'),
+        (adam_jax.scale_by_factored_rms(), 'scale_by_factored_rms works on a params-shaped tree.*scale_by_rms'),
+        (adam_jax.skip_nonfinite(optax.identity()), 'skip_nonfinite wraps a whole optimizer.*inside the moment stage'),
+    ],
+    ids=['decoupled_decay', 'temporal_average', 'scale_by_factored_rms', 'skip_nonfinite'],
+)
+def test_params_shaped_transform_given_moments_raises_type_error(inside, text):
     params = {'w': jnp.ones(3)}
-    chain = optax.chain(scale_by_moments(), decoupled_decay(0.1), scale_by_rms())
+    chain = optax.chain(scale_by_moments(), inside, scale_by_rms())
     state = chain.init(params)
-    with pytest.raises(TypeError, match='decoupled_decay works on a params-shaped tree.*scale_by_rms'):
+    with pytest.raises(TypeError, match=text):
         chain.update(params, state, params)
 
 
@@ -246,9 +257,16 @@ def test_an_optax_transform_inside_the_moment_stage_raises_type_error(inside, te
     params = {'w': jnp.ones(2)}
     chain = optax.chain(scale_by_moments(), inside, bias_correct(), scale_by_rms())
     state = chain.init(params)
-    # clip_by_global_norm reads .real: an AttributeError (so hasattr keeps working) with the same message.
-    with pytest.raises((TypeError, AttributeError), match=text):
+    # clip_by_global_norm reads .real: a TypeError that is an AttributeError too (so hasattr keeps working).
+    with pytest.raises(TypeError, match=text):
         chain.update({'w': jnp.array([3.0, -4.0])}, state, params)
+    moments = scale_by_moments().update(params, scale_by_moments().init(params))[0]
+    assert not hasattr(moments, 'real') and getattr(moments, 'real', None) is None
+    with pytest.raises(AttributeError, match="no attribute 'shape'"):
+        getattr(moments, 'shape')  # noqa: B009
+    with pytest.raises(AttributeError, match="no attribute 'other'") as error:
+        getattr(moments, 'other')  # noqa: B009
+    assert not isinstance(error.value, TypeError)  # only an array's attributes mean a transform in the wrong place
 
 
 def test_skip_nonfinite_around_the_moment_stage_alone_says_to_wrap_the_whole_optimizer():
