@@ -61,7 +61,7 @@ def temporal_average(b2: chex.Numeric = 0.999) -> optax.GradientTransformationEx
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        reject_moments(updates, 'temporal_average')
+        reject_moments(updates, 'temporal_average', 'Put it last in the chain, after the learning rate.')
         if params is None:
             raise ValueError('temporal_average needs the params: call update(updates, state, params).')
 

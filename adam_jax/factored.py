@@ -217,9 +217,9 @@ def scale_by_factored_rms(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        from adam_jax.moments import reject_moments  # (moments imports this module)
+        from adam_jax.moments import TAKES_GRADIENTS, reject_moments  # (moments imports this module)
 
-        reject_moments(updates, 'scale_by_factored_rms')
+        reject_moments(updates, 'scale_by_factored_rms', TAKES_GRADIENTS)
         check_same_structure('gradient', updates, 'optimizer state (nu)', state.nu, is_leaf=_nu_leaf)
         # Steps before t0 (a fresh state, count 0, for a run that starts fine-tuning at t0) count as its first
         # step: decay 0, V_t = G_t^2 + eps_1. optax.adafactor raises a negative base to -c there: NaN for good.

@@ -137,13 +137,23 @@ def require_moments(value: Any, name: str) -> Moments:
     return value
 
 
-def reject_moments(value: Any, name: str) -> None:
-    """Lets a params-shaped transform refuse a Moments value."""
+# Where a transform that takes the gradients goes (reject_moments's advice for it).
+TAKES_GRADIENTS = (
+    'It takes the gradients: use it in place of the moment stage (scale_by_moments() ... scale_by_rms()), '
+    'not inside it.'
+)
+
+
+def reject_moments(value: Any, name: str, advice: str | None = None) -> None:
+    """Lets a params-shaped transform refuse a Moments value; ``advice`` says where the transform goes (by default:
+    after the end of the moment stage)."""
     if isinstance(value, Moments):
+        advice = advice or (
+            'End the moment stage first: put scale_by_rms() (or another transform that turns moments into a '
+            f'direction) before {name} in the chain.'
+        )
         raise TypeError(
-            f"{name} works on a params-shaped tree, but received the moment stage's Moments "
-            'value. End the moment stage first: put scale_by_rms() (or another transform that '
-            f'turns moments into a direction) before {name} in the chain.'
+            f"{name} works on a params-shaped tree, but received the moment stage's Moments value. {advice}"
         )
 
 

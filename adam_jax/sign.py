@@ -12,7 +12,7 @@ import optax
 
 from adam_jax import _checks
 from adam_jax._tree import cast, check_inexact_leaves, check_same_structure, compute_dtype
-from adam_jax.moments import _ema, direction_dtype, reject_moments
+from adam_jax.moments import TAKES_GRADIENTS, _ema, direction_dtype, reject_moments
 
 
 class SignMomentumState(NamedTuple):
@@ -55,7 +55,7 @@ def scale_by_sign_momentum(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        reject_moments(updates, 'scale_by_sign_momentum')
+        reject_moments(updates, 'scale_by_sign_momentum', TAKES_GRADIENTS)
         check_same_structure('gradient', updates, 'optimizer state (mu)', state.mu)
 
         def direction(g, m):

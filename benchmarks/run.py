@@ -23,10 +23,10 @@ waited for on its own also times the host's round trip to the device (about 0.1-
 Implementations:
   adam_jax        adam_jax.fused.adam(...).step on the params kept as one flat float32 vector (the
                   recipe of adam_jax.make_train_step(unravel=...)): one kernel call, in place.
-  adam_jax 1 core the adam_jax step in a worker held to one CPU (quick and smoke modes, where the process may
-                  run on two or more CPUs): where it takes about as long as the adam_jax row, the other cores
-                  added no memory bandwidth in those rounds (on the 2-vCPU machines of this project that happens
-                  for minutes at a time), and the adam_jax row is at a one-core floor.
+  adam_jax 1 core the adam_jax step in a worker held to one CPU (quick and smoke modes, where JAX runs on
+                  the CPU and the process may run on two or more CPUs): where it takes about as long as the
+                  adam_jax row, the other cores added no memory bandwidth in those rounds (on the 2-vCPU machines
+                  of this project that happens for minutes at a time), and the adam_jax row is at a one-core floor.
   adam_jax tree   the same step on the params as a tree of `leaves` arrays (kernel calls of up to 32
                   leaves; every leaf is an argument of the jitted step).
   adam_jax chain  adam_jax.adam, the composed chain, in pure XLA (the path without the kernel).
@@ -251,9 +251,9 @@ def can_hold_to_one_core() -> bool:
     return hasattr(os, 'sched_setaffinity') and usable_cpus() > 1
 
 
-def implementations(leaves: int, mode: str, with_torch: bool) -> list[str]:
+def implementations(leaves: int, mode: str, with_torch: bool, jax_on_cpu: bool) -> list[str]:
     names = ['adam_jax', OPTAX]
-    if MODES[mode].get('one_core') and can_hold_to_one_core():
+    if MODES[mode].get('one_core') and jax_on_cpu and can_hold_to_one_core():  # (a GPU step is not the host's)
         names.append(ONE_CORE)
     if mode == 'full':
         names += ['adam_jax chain'] + (['adam_jax tree'] if leaves > 1 else [])
@@ -264,8 +264,10 @@ def measure(
     n: int, leaves: int, mode: str, with_torch: bool, torch_device: str = 'cpu', back_to_back: int = 0
 ) -> list[dict]:
     spec = MODES[mode]
-    names = [TRIAD, *implementations(leaves, mode, with_torch)]
-    workers = [Worker(name, n, leaves, torch_device) for name in names]
+    triad = Worker(TRIAD, n, leaves, torch_device)  # first: it says where JAX runs
+    on_cpu = triad.ready['note'].startswith('cpu')
+    names = implementations(leaves, mode, with_torch, on_cpu)
+    workers = [triad, *(Worker(name, n, leaves, torch_device) for name in names)]
     for r in range(spec['rounds']):
         for w in workers[r % len(workers) :] + workers[: r % len(workers)]:
             w.run(spec['steps'])
@@ -349,9 +351,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += ['', f'{kernel}: {meta["kernel"]}.', '']
     if any(r['impl'] == ONE_CORE for r in rows):
         lines[-1:-1] = [
+            '',
             f'{ONE_CORE}: the adam_jax step in a worker held to one CPU. Where it takes about as long as the adam_jax'
             ' row, the other cores added no memory bandwidth in those rounds, and the adam_jax row ran at a one-core'
-            ' floor.'
+            ' floor.',
         ]
     return '\n'.join(lines)
 

@@ -225,11 +225,15 @@ def test_moment_stage_transform_without_moments_raises_type_error(transform, nam
     [
         (decoupled_decay(0.1), 'decoupled_decay works on a params-shaped tree.*scale_by_rms'),
         # these two gave pytree-structure ValueErrors that blamed the state (found by review)
-        (adam_jax.temporal_average(), 'temporal_average works on a params-shaped tree.*scale_by_rms'),
-        (adam_jax.scale_by_factored_rms(), 'scale_by_factored_rms works on a params-shaped tree.*scale_by_rms'),
+        (adam_jax.temporal_average(), 'temporal_average works on a params-shaped tree.*last in the chain, after the'),
+        (
+            adam_jax.scale_by_factored_rms(),
+            'scale_by_factored_rms works on.*takes the gradients.*in place of the moment',
+        ),
+        (adam_jax.scale_by_sign_momentum(), 'scale_by_sign_momentum works on.*takes the gradients.*in place of the'),
         (adam_jax.skip_nonfinite(optax.identity()), 'skip_nonfinite wraps a whole optimizer.*inside the moment stage'),
     ],
-    ids=['decoupled_decay', 'temporal_average', 'scale_by_factored_rms', 'skip_nonfinite'],
+    ids=['decoupled_decay', 'temporal_average', 'scale_by_factored_rms', 'scale_by_sign_momentum', 'skip_nonfinite'],
 )
 def test_params_shaped_transform_given_moments_raises_type_error(inside, text):
     params = {'w': jnp.ones(3)}

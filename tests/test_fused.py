@@ -9,6 +9,8 @@ cannot run where it is not built; the fallback tests run everywhere.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -398,10 +400,17 @@ def test_fused_optimizers_are_optax_gradient_transformations(factory):
     rebuilt = jax.tree.unflatten(*reversed(jax.tree.flatten(opt)))  # a pytree of its functions, as before
     assert type(rebuilt) is fused.FusedTransformation and rebuilt.step is opt.step
     assert leaves_equal(jax.jit(rebuilt.step)(params, grads, state), jax.jit(chain_step(opt))(params, grads, state))
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(opt)[0]]
+    assert paths[:3] == ['.init', '.update', '.step'] and all(p.startswith('.chain') for p in paths[3:])
     with pytest.raises(AttributeError, match="immutable: cannot set 'step'"):
         opt.step = None
+    with pytest.raises(AttributeError, match="immutable: cannot delete 'step'"):
+        del opt.step
+    for copied in (copy.copy(opt), copy.deepcopy(opt)):  # as nnx.Optimizer and TrainState copies make them
+        assert type(copied) is fused.FusedTransformation and copied == opt and copied.step is opt.step
     plain = opt._replace(update=opt.chain.update)
     assert type(plain) is optax.GradientTransformationExtraArgs and plain.init is opt.init
+    assert opt._replace() != opt and hash(opt) == hash(copy.copy(opt))  # a plain transform is not the fused one
 
 
 def mlp_loss(params, x, y):

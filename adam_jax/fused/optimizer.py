@@ -115,19 +115,43 @@ class FusedTransformation(optax.GradientTransformationExtraArgs):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f'FusedTransformation is immutable: cannot set {name!r}')
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f'FusedTransformation is immutable: cannot delete {name!r}')
+
+    def _all_fields(self) -> tuple:
+        return (self.init, self.update, self.step, self.chain)
+
+    def __getnewargs__(self) -> tuple:  # copy, deepcopy and cloudpickle rebuild it through __new__
+        return self._all_fields()
+
+    def __eq__(self, other: object) -> bool:  # a plain transform with the same init and update is not this one
+        return type(other) is type(self) and self._all_fields() == other._all_fields()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self._all_fields())
+
     def __repr__(self) -> str:
         return f'FusedTransformation(init={self.init!r}, update={self.update!r}, step={self.step!r}, chain=...)'
+
+    @classmethod
+    def _make(cls, iterable: Any) -> FusedTransformation:
+        return cls(*iterable)
 
     def _replace(self, **fields: Any) -> optax.GradientTransformationExtraArgs:
         return optax.GradientTransformationExtraArgs(**{'init': self.init, 'update': self.update, **fields})
 
 
-# A pytree of its four functions, as when it was a four-field tuple (jax would rebuild a tuple subclass from its two
-# tuple fields).
-jax.tree_util.register_pytree_node(
+# A pytree of its four functions under their names, as when it was a four-field tuple (jax would rebuild a tuple
+# subclass from its two tuple fields).
+_FUSED_FIELDS = ('init', 'update', 'step', 'chain')
+jax.tree_util.register_pytree_with_keys(
     FusedTransformation,
-    lambda t: ((t.init, t.update, t.step, t.chain), None),
+    lambda t: (tuple((jax.tree_util.GetAttrKey(name), getattr(t, name)) for name in _FUSED_FIELDS), None),
     lambda _, children: FusedTransformation(*children),
+    lambda t: (t._all_fields(), None),
 )
 
 
