@@ -99,6 +99,7 @@ class FusedTransformation(optax.GradientTransformationExtraArgs):
 
     step: Callable[[optax.Params, optax.Updates, optax.OptState], tuple[optax.Params, optax.OptState]]
     chain: optax.GradientTransformation
+    _ALL_FIELDS = ('init', 'update', 'step', 'chain')  # the tuple's two fields and the two attributes
 
     def __new__(
         cls,
@@ -119,7 +120,7 @@ class FusedTransformation(optax.GradientTransformationExtraArgs):
         raise AttributeError(f'FusedTransformation is immutable: cannot delete {name!r}')
 
     def _all_fields(self) -> tuple:
-        return (self.init, self.update, self.step, self.chain)
+        return tuple(getattr(self, name) for name in self._ALL_FIELDS)
 
     def __getnewargs__(self) -> tuple:  # copy, deepcopy and cloudpickle rebuild it through __new__
         return self._all_fields()
@@ -146,10 +147,9 @@ class FusedTransformation(optax.GradientTransformationExtraArgs):
 
 # A pytree of its four functions under their names, as when it was a four-field tuple (jax would rebuild a tuple
 # subclass from its two tuple fields).
-_FUSED_FIELDS = ('init', 'update', 'step', 'chain')
 jax.tree_util.register_pytree_with_keys(
     FusedTransformation,
-    lambda t: (tuple((jax.tree_util.GetAttrKey(name), getattr(t, name)) for name in _FUSED_FIELDS), None),
+    lambda t: (tuple((jax.tree_util.GetAttrKey(name), getattr(t, name)) for name in t._ALL_FIELDS), None),
     lambda _, children: FusedTransformation(*children),
     lambda t: (t._all_fields(), None),
 )
